@@ -1,0 +1,186 @@
+package format
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Compression selects the compression of a layer that Build writes.
+type Compression int
+
+const (
+	// Gzip writes gzip eStargz.
+	Gzip Compression = iota
+	// Zstd writes zstd:chunked as stargz-snapshotter writes it.
+	Zstd
+)
+
+func (c Compression) String() string {
+	switch c {
+	case Gzip:
+		return "gzip"
+	case Zstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("Compression(%d)", int(c))
+}
+
+// Defaults of Build's options.
+const (
+	// DefaultChunkSize is the largest uncompressed chunk of a regular file.
+	DefaultChunkSize = 4 << 20
+	// DefaultPackSize is the uncompressed size up to which small files
+	// share one compressed member.
+	DefaultPackSize = 256 << 10
+	// DefaultGzipLevel is the default gzip compression level.
+	DefaultGzipLevel = 6
+	// DefaultZstdLevel is the default zstd compression level.
+	DefaultZstdLevel = 3
+)
+
+// Option configures Build.
+type Option func(*buildConfig) error
+
+type buildConfig struct {
+	chunkSize   int64
+	packSize    int64
+	compression Compression
+	level       int
+	levelSet    bool
+	prefetch    []string
+	noPrefetch  bool
+	workers     int
+	tempDir     string
+	progress    func(n int64)
+}
+
+// WithChunkSize sets the largest uncompressed chunk of a regular file
+// (default DefaultChunkSize).
+func WithChunkSize(n int64) Option {
+	return func(c *buildConfig) error {
+		if n < 1<<10 || n > 1<<30 {
+			return fmt.Errorf("chunk size %d out of range [1KiB, 1GiB]", n)
+		}
+		c.chunkSize = n
+		return nil
+	}
+}
+
+// WithPackSize sets the uncompressed size up to which small files share one
+// compressed member (default DefaultPackSize). Zero gives every non-empty
+// file a member of its own, as stargz-snapshotter's default builder does.
+func WithPackSize(n int64) Option {
+	return func(c *buildConfig) error {
+		if n < 0 || n > 1<<30 {
+			return fmt.Errorf("pack size %d out of range [0, 1GiB]", n)
+		}
+		c.packSize = n
+		return nil
+	}
+}
+
+// WithCompression selects gzip eStargz (default) or zstd:chunked.
+func WithCompression(comp Compression) Option {
+	return func(c *buildConfig) error {
+		if comp != Gzip && comp != Zstd {
+			return fmt.Errorf("unknown compression %v", comp)
+		}
+		c.compression = comp
+		return nil
+	}
+}
+
+// WithCompressionLevel sets the compression level: 1-9 for gzip (default
+// DefaultGzipLevel), 1-4 for zstd (default DefaultZstdLevel; the zstd
+// encoder's speed classes, fastest to best).
+func WithCompressionLevel(level int) Option {
+	return func(c *buildConfig) error {
+		c.level = level
+		c.levelSet = true
+		return nil
+	}
+}
+
+// WithPrefetch puts the named files first in the layer, in the order given,
+// followed by the prefetch landmark. Names not in the layer are ignored.
+func WithPrefetch(paths []string) Option {
+	return func(c *buildConfig) error {
+		c.prefetch = append([]string(nil), paths...)
+		return nil
+	}
+}
+
+// WithNoPrefetch writes the no-prefetch landmark: readers prefetch nothing.
+func WithNoPrefetch() Option {
+	return func(c *buildConfig) error {
+		c.noPrefetch = true
+		return nil
+	}
+}
+
+// WithWorkers sets how many members are compressed in parallel (default:
+// GOMAXPROCS). The output does not depend on it.
+func WithWorkers(n int) Option {
+	return func(c *buildConfig) error {
+		if n < 1 {
+			return fmt.Errorf("workers %d < 1", n)
+		}
+		c.workers = n
+		return nil
+	}
+}
+
+// WithTempDir sets where Build spools its input when it must reorder
+// entries for prefetching (default: os.TempDir()).
+func WithTempDir(dir string) Option {
+	return func(c *buildConfig) error {
+		c.tempDir = dir
+		return nil
+	}
+}
+
+// WithProgress sets a function called with the number of uncompressed
+// input bytes consumed since its previous call. It is called from one
+// goroutine at a time.
+func WithProgress(f func(n int64)) Option {
+	return func(c *buildConfig) error {
+		c.progress = f
+		return nil
+	}
+}
+
+// Result describes a layer written by Build.
+type Result struct {
+	// Digest and Size are the compressed blob's.
+	Digest digest.Digest
+	Size   int64
+	// DiffID is the digest of the decompressed blob; UncompressedSize its
+	// length.
+	DiffID           digest.Digest
+	UncompressedSize int64
+	// TOCDigest is the digest of the uncompressed TOC JSON.
+	TOCDigest digest.Digest
+	// Compression is the layer's compression.
+	Compression Compression
+	// Annotations are the layer descriptor annotations that readers need:
+	// the TOC digest and uncompressed size, and for zstd:chunked the
+	// manifest checksum and position.
+	Annotations map[string]string
+	// Entries is the number of TOC entries written.
+	Entries int
+}
+
+// ErrInput reports an input tar stream that Build cannot convert: corrupt,
+// hostile (unsafe names) or using an unsupported entry type.
+var ErrInput = errors.New("format: unusable input tar")
+
+// Build reads an uncompressed tar stream from src and writes a seekable
+// layer to dst. The output bytes depend only on the input and the options,
+// never on the number of workers.
+func Build(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) (*Result, error) {
+	return nil, errors.New("format: Build not implemented yet")
+}
