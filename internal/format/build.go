@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -95,8 +96,8 @@ func WithCompression(comp Compression) Option {
 }
 
 // WithCompressionLevel sets the compression level: 1-9 for gzip (default
-// DefaultGzipLevel), 1-4 for zstd (default DefaultZstdLevel; the zstd
-// encoder's speed classes, fastest to best).
+// DefaultGzipLevel), 1-22 for zstd (default DefaultZstdLevel; mapped onto
+// the encoder's speed classes as zstd's own levels are).
 func WithCompressionLevel(level int) Option {
 	return func(c *buildConfig) error {
 		c.level = level
@@ -178,9 +179,67 @@ type Result struct {
 // hostile (unsafe names) or using an unsupported entry type.
 var ErrInput = errors.New("format: unusable input tar")
 
+
 // Build reads an uncompressed tar stream from src and writes a seekable
 // layer to dst. The output bytes depend only on the input and the options,
 // never on the number of workers.
+//
+// The header blocks of the input's entries are copied verbatim, so the
+// decompressed output is the input's tar stream (reordered only to put
+// prefetched files first) plus a landmark entry and, for gzip, the TOC
+// entry. Entries named like the TOC or a landmark are dropped from the
+// input. A name that escapes the root, a NUL byte, a sparse file, a PAX
+// global header or a corrupt stream fails with an error wrapping ErrInput.
 func Build(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) (*Result, error) {
-	return nil, errors.New("format: Build not implemented yet")
+	cfg := buildConfig{
+		chunkSize: DefaultChunkSize,
+		packSize:  DefaultPackSize,
+		workers:   runtime.GOMAXPROCS(0),
+	}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("format: %w", err)
+		}
+	}
+	if err := cfg.finish(); err != nil {
+		return nil, fmt.Errorf("format: %w", err)
+	}
+	var in entrySource
+	if len(cfg.prefetch) > 0 {
+		s, err := newSpoolSource(src, cfg.tempDir, cfg.prefetch, cfg.progress)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		in = s
+	} else {
+		in = newStreamSource(src, cfg.progress)
+	}
+	return newBuilder(&cfg).run(ctx, in, dst)
+}
+
+func (c *buildConfig) finish() error {
+	if len(c.prefetch) > 0 && c.noPrefetch {
+		return errors.New("a prefetch list and no-prefetch exclude each other")
+	}
+	if c.packSize > c.chunkSize {
+		c.packSize = c.chunkSize
+	}
+	switch c.compression {
+	case Gzip:
+		if !c.levelSet {
+			c.level = DefaultGzipLevel
+		}
+		if c.level < 1 || c.level > 9 {
+			return fmt.Errorf("gzip compression level %d out of range [1, 9]", c.level)
+		}
+	case Zstd:
+		if !c.levelSet {
+			c.level = DefaultZstdLevel
+		}
+		if c.level < 1 || c.level > 22 {
+			return fmt.Errorf("zstd compression level %d out of range [1, 22]", c.level)
+		}
+	}
+	return nil
 }
