@@ -179,7 +179,6 @@ type Result struct {
 // hostile (unsafe names) or using an unsupported entry type.
 var ErrInput = errors.New("format: unusable input tar")
 
-
 // Build reads an uncompressed tar stream from src and writes a seekable
 // layer to dst. The output bytes depend only on the input and the options,
 // never on the number of workers.
