@@ -29,7 +29,8 @@ const (
 //     non-ASCII names, a name with a "./" prefix;
 //   - setuid, setgid and sticky bits;
 //   - uids and gids above 65535 and at 4294967294, without names;
-//   - mtimes before 1970, at 1970, in 2200, and with nanoseconds;
+//   - mtimes before 1970, at 1970, in 2200 and 2300, and with
+//     nanoseconds (one of them 0.9 s past the second);
 //   - a whiteout (.wh.NAME) and an opaque marker (.wh..wh..opq);
 //   - duplicates: paths written twice with different content or kind,
 //     the last one winning.
@@ -154,6 +155,11 @@ func AllKinds(tb testing.TB, chunkSize int64) []byte {
 		ModTime: time.Unix(0, 0)}, []byte("epoch\n"))
 	w.Header(&tar.Header{Name: "times/2200", Typeflag: tar.TypeReg, Mode: 0o644,
 		ModTime: time.Date(2200, 1, 2, 3, 4, 5, 0, time.UTC)}, []byte("future\n"))
+	// Extractors keep the nanoseconds, and stat shows the second they
+	// fall in: 12:00:00.9 is 12:00:00, not 12:00:01.
+	w.Header(&tar.Header{Name: "times/fraction", Typeflag: tar.TypeReg, Mode: 0o644,
+		Format: tar.FormatPAX, ModTime: time.Date(2020, 1, 2, 12, 0, 0, 900_000_000, time.UTC)},
+		[]byte("fraction\n"))
 	w.Header(&tar.Header{Name: "times/2300/", Typeflag: tar.TypeDir, Mode: 0o755,
 		ModTime: time.Date(2300, 1, 2, 3, 4, 5, 0, time.UTC)}, nil)
 
@@ -168,6 +174,7 @@ func AllKinds(tb testing.TB, chunkSize int64) []byte {
 	w.Dir("dup/")
 	w.File("dup/file", []byte("first version\n"))
 	w.Header(&tar.Header{Name: "dup/dir/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: Epoch}, nil)
+	w.File("dup/dir/inner", []byte("in a directory written twice\n"))
 	w.File("dup/kind", []byte("a file, then a symlink\n"))
 	w.RandomFile("dup/grows", 10)
 	w.File("dup/file", []byte("second version, longer than the first\n"))
