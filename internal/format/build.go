@@ -35,10 +35,16 @@ const (
 	// DefaultChunkSize is the largest uncompressed chunk of a regular file.
 	DefaultChunkSize = 4 << 20
 	// DefaultPackSize is the uncompressed size up to which small files
-	// share one compressed member.
+	// share one compressed member. Measured on a 115 MB tree of Python
+	// and Perl files (6,170 entries): 128 KiB costs 0.6% more output than
+	// 256 KiB, 512 KiB saves 0.2% but doubles what a lazy read of one
+	// small file fetches.
 	DefaultPackSize = 256 << 10
-	// DefaultGzipLevel is the default gzip compression level.
-	DefaultGzipLevel = 6
+	// DefaultGzipLevel is the default gzip compression level. The
+	// compressor (klauspost/compress) at level 8 comes within 1% of the
+	// size of zlib's "gzip -6" at about twice its speed per core; its
+	// level 6 is faster but 3% larger.
+	DefaultGzipLevel = 8
 	// DefaultZstdLevel is the default zstd compression level.
 	DefaultZstdLevel = 3
 )

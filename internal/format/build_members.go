@@ -420,7 +420,8 @@ func (b *builder) finish(cw *countingWriter, diff hash.Hash, usize int64) (*Resu
 		}
 		diff.Write(tarBuf.Bytes())
 		usize += int64(tarBuf.Len())
-		gz, err := gzip.NewWriterLevel(cw, b.cfg.level)
+		// The TOC is small and read first: compress it as well as gzip can.
+		gz, err := gzip.NewWriterLevel(cw, gzip.BestCompression)
 		if err != nil {
 			return nil, fmt.Errorf("format: compressor: %w", err)
 		}
