@@ -522,14 +522,15 @@ func nameIfChanged(last map[int]string, id int, name string) string {
 	return name
 }
 
-// formatModTime renders a time as a TOC modtime: RFC 3339, UTC, seconds.
+// formatModTime renders a time as a TOC modtime: RFC 3339, UTC, whole
+// seconds (truncated, as stat shows an extracted file's time).
 // The epoch, the zero time and years RFC 3339 cannot hold are left out; the
 // tar header keeps the exact value.
 func formatModTime(t time.Time) string {
 	if t.IsZero() || t.Unix() == 0 {
 		return ""
 	}
-	t = t.UTC().Round(time.Second)
+	t = t.UTC().Truncate(time.Second)
 	if y := t.Year(); y < 0 || y > 9999 {
 		return ""
 	}
