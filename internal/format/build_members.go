@@ -431,7 +431,7 @@ func (b *builder) finish(cw *countingWriter, diff hash.Hash, usize int64) (*Resu
 		if err := gz.Close(); err != nil {
 			return nil, fmt.Errorf("format: writing TOC: %w", err)
 		}
-		if _, err := cw.Write(gzipFooter(tocOff)); err != nil {
+		if _, err := cw.Write(AppendGzipFooter(nil, tocOff)); err != nil {
 			return nil, fmt.Errorf("format: writing footer: %w", err)
 		}
 	case Zstd:
@@ -445,7 +445,7 @@ func (b *builder) finish(cw *countingWriter, diff hash.Hash, usize int64) (*Resu
 			return nil, fmt.Errorf("format: writing TOC: %w", err)
 		}
 		pos := tocOff + 8
-		if _, err := cw.Write(zstdFooter(pos, int64(len(ctoc)), int64(len(tocJSON)))); err != nil {
+		if _, err := cw.Write(AppendZstdFooter(nil, pos, int64(len(ctoc)), int64(len(tocJSON)))); err != nil {
 			return nil, fmt.Errorf("format: writing footer: %w", err)
 		}
 		res.Annotations[ZstdChunkedManifestChecksumAnnotation] = digest.FromBytes(ctoc).String()
@@ -460,35 +460,11 @@ func (b *builder) finish(cw *countingWriter, diff hash.Hash, usize int64) (*Resu
 	return res, nil
 }
 
-// gzipFooter encodes the 51-byte eStargz footer: an empty gzip member whose
-// Extra field holds the subfield "SG" with the TOC offset.
-func gzipFooter(tocOff int64) []byte {
-	// RFC 1952: ID1 ID2 CM FLG(FEXTRA) MTIME(4) XFL OS XLEN(2)
-	b := []byte{0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, 'S', 'G', 22, 0}
-	b = fmt.Appendf(b, "%016xSTARGZ", tocOff)
-	// An empty final stored block, then CRC32 and ISIZE of nothing.
-	b = append(b, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0)
-	return b
-}
-
-var skippableMagic = []byte{0x50, 0x2a, 0x4d, 0x18}
-
 func skippableFrame(payload []byte) []byte {
 	b := make([]byte, 0, 8+len(payload))
-	b = append(b, skippableMagic...)
+	b = binary.LittleEndian.AppendUint32(b, skippableMagicLow)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
 	return append(b, payload...)
-}
-
-// zstdFooter encodes the stargz-snapshotter zstd:chunked footer.
-func zstdFooter(tocOff, clen, ulen int64) []byte {
-	p := make([]byte, 0, 40)
-	p = binary.LittleEndian.AppendUint64(p, uint64(tocOff))
-	p = binary.LittleEndian.AppendUint64(p, uint64(clen))
-	p = binary.LittleEndian.AppendUint64(p, uint64(ulen))
-	p = binary.LittleEndian.AppendUint64(p, 1)
-	p = append(p, "GnUlInUx"...)
-	return skippableFrame(p)
 }
 
 type countingWriter struct {
