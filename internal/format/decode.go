@@ -164,10 +164,11 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 // countingReader hashes and counts what passes through it, and fails once
 // more than max bytes have.
 type countingReader struct {
-	r   io.Reader
-	h   hash.Hash
-	n   int64
-	max int64
+	r      io.Reader
+	h      hash.Hash
+	n      int64
+	max    int64
+	errMax error // returned once more than max bytes were read
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -175,17 +176,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.h.Write(p[:n])
 	c.n += int64(n)
 	if c.n > c.max {
-		return n, errTOCJSONTooLarge
+		return n, c.errMax
 	}
 	return n, err
 }
 
-var errTOCJSONTooLarge = fmt.Errorf("%w: TOC JSON exceeds the limit", ErrTooLarge)
-
 // decodeTOCJSON decodes TOC JSON of size bytes (-1: unknown, up to EOF)
 // from r, entry by entry, and digests it whole.
 func decodeTOCJSON(r io.Reader, size int64, lim Limits) (*TOC, digest.Digest, error) {
-	cr := &countingReader{r: r, h: sha256.New(), max: lim.MaxTOCJSON}
+	cr := &countingReader{r: r, h: sha256.New(), max: lim.MaxTOCJSON,
+		errMax: fmt.Errorf("%w: TOC JSON exceeds %d bytes", ErrTooLarge, lim.MaxTOCJSON)}
+	if size >= 0 {
+		cr.max, cr.errMax = size, fmt.Errorf("%w: TOC JSON longer than its recorded %d bytes", ErrFormat, size)
+	}
 	// decodeTOCObject reads up to EOF (only whitespace may follow the
 	// object), so cr has digested the whole JSON when it returns.
 	toc, err := decodeTOCObject(json.NewDecoder(cr), lim)

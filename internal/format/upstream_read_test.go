@@ -321,13 +321,19 @@ func legacyFooter(t testing.TB, tocOffset int64) []byte {
 // gzipTOC writes a TOC member as stargz writers do.
 func gzipTOC(t testing.TB, tocJSON []byte) []byte {
 	t.Helper()
+	return gzipTarMember(t, TOCTarName, tocJSON)
+}
+
+// gzipTarMember writes a gzip member holding a tar of one file.
+func gzipTarMember(t testing.TB, name string, data []byte) []byte {
+	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: TOCTarName, Size: int64(len(tocJSON))}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: int64(len(data))}); err != nil {
 		t.Fatal(err)
 	}
-	tw.Write(tocJSON)
+	tw.Write(data)
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
