@@ -153,6 +153,13 @@ func (w layoutWriter) image(ctx context.Context, img v1.Image) (v1.Descriptor, e
 		return v1.Descriptor{}, err
 	}
 	for _, layer := range layers {
+		mt, err := layer.MediaType()
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		if !mt.IsDistributable() {
+			continue // foreign layers are fetched from their own URLs
+		}
 		d, err := layer.Digest()
 		if err != nil {
 			return v1.Descriptor{}, err
