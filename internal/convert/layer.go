@@ -231,7 +231,7 @@ func (j *layerJob) rebuild(ctx context.Context, rc io.Reader) (*layerOut, error)
 	res, err := format.Build(ctx, tee, bw, j.cfg.buildOptions(j.dir, nil)...)
 	if err != nil {
 		if tee.err != nil && !errors.Is(tee.err, io.EOF) {
-			return nil, j.sourceError(src, tee.err)
+			return nil, j.sourceError(src, fmt.Errorf("decompressing: %w", tee.err))
 		}
 		if errors.Is(err, format.ErrInput) {
 			return nil, fmt.Errorf("%w %s: %w", ErrSource, j.desc.Digest, err)
@@ -241,7 +241,7 @@ func (j *layerJob) rebuild(ctx context.Context, rc io.Reader) (*layerOut, error)
 	// Read what Build left (tar padding), so that the decompressor checks
 	// its trailer and the source digests are complete.
 	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return nil, j.sourceError(src, err)
+		return nil, j.sourceError(src, fmt.Errorf("decompressing: %w", err))
 	}
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return nil, j.sourceError(src, err)
