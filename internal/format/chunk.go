@@ -74,6 +74,11 @@ func DecodeChunk(kind Kind, src []byte, c Chunk, dst []byte) error {
 }
 
 func (d *ChunkDecoder) gunzip(src []byte, skip int64, dst []byte) error {
+	return d.withGunzip(src, func(r io.Reader, scratch []byte) error { return readSkip(r, skip, dst, scratch) })
+}
+
+// withGunzip runs read on a reader of the one gzip member at src's start.
+func (d *ChunkDecoder) withGunzip(src []byte, read func(r io.Reader, scratch []byte) error) error {
 	st, _ := d.gz.Get().(*gzipState)
 	if st == nil {
 		st = new(gzipState)
@@ -87,14 +92,19 @@ func (d *ChunkDecoder) gunzip(src []byte, skip int64, dst []byte) error {
 		return err
 	}
 	st.zr.Multistream(false)
-	return readSkip(&st.zr, skip, dst, st.scratch[:])
+	return read(&st.zr, st.scratch[:])
 }
 
 func (d *ChunkDecoder) unzstd(src []byte, skip int64, dst []byte) error {
+	return d.withUnzstd(src, func(r io.Reader, scratch []byte) error { return readSkip(r, skip, dst, scratch) })
+}
+
+// withUnzstd runs read on a reader of the zstd frame at src's start.
+func (d *ChunkDecoder) withUnzstd(src []byte, read func(r io.Reader, scratch []byte) error) error {
 	st, _ := d.zstd.Get().(*zstdState)
 	if st == nil {
 		zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderLowmem(true))
+			zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err != nil {
 			return err
 		}
@@ -110,7 +120,7 @@ func (d *ChunkDecoder) unzstd(src []byte, skip int64, dst []byte) error {
 	if err := st.zr.Reset(&st.br); err != nil {
 		return err
 	}
-	return readSkip(st.zr, skip, dst, st.scratch[:])
+	return read(st.zr, st.scratch[:])
 }
 
 // readSkip discards skip bytes from r, then fills dst. It reads the
