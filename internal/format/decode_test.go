@@ -10,7 +10,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-func zstdFrame(t testing.TB, b []byte) []byte {
+func rdZstdFrame(t testing.TB, b []byte) []byte {
 	t.Helper()
 	enc, err := zstd.NewWriter(nil)
 	if err != nil {
@@ -20,14 +20,14 @@ func zstdFrame(t testing.TB, b []byte) []byte {
 	return enc.EncodeAll(b, nil)
 }
 
-// tocRegion encodes tocJSON as the TOC region of a layer of kind.
-func tocRegion(t testing.TB, kind Kind, tocJSON []byte) (Footer, []byte) {
+// rdTOCRegion encodes tocJSON as the TOC region of a layer of kind.
+func rdTOCRegion(t testing.TB, kind Kind, tocJSON []byte) (Footer, []byte) {
 	t.Helper()
 	if kind.IsZstd() {
-		c := zstdFrame(t, tocJSON)
+		c := rdZstdFrame(t, tocJSON)
 		return Footer{Kind: kind, TOCOffset: 1000, TOCLength: int64(len(c)), TOCUncompressedLength: int64(len(tocJSON))}, c
 	}
-	c := gzipTOC(t, tocJSON)
+	c := rdGzipTOC(t, tocJSON)
 	return Footer{Kind: kind, TOCOffset: 1000, TOCLength: int64(len(c))}, c
 }
 
@@ -39,7 +39,7 @@ func TestDecodeTOC(t *testing.T) {
 	], "extra": [{"deep": [[[]]]}], "tarSplitDigest": "x"}` + "\n"
 	for _, kind := range []Kind{KindGzip, KindZstdChunked} {
 		t.Run(kind.String(), func(t *testing.T) {
-			f, c := tocRegion(t, kind, []byte(good))
+			f, c := rdTOCRegion(t, kind, []byte(good))
 			toc, d, err := DecodeTOC(f, c, Limits{})
 			if err != nil {
 				t.Fatal(err)
@@ -94,7 +94,7 @@ func TestDecodeTOCRejects(t *testing.T) {
 		}
 		for _, kind := range kinds {
 			t.Run(tt.name+"/"+kind.String(), func(t *testing.T) {
-				f, c := tocRegion(t, kind, []byte(tt.json))
+				f, c := rdTOCRegion(t, kind, []byte(tt.json))
 				toc, _, err := DecodeTOC(f, c, tt.lim)
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("got %v (%v), want %v", err, toc, tt.err)
@@ -106,7 +106,7 @@ func TestDecodeTOCRejects(t *testing.T) {
 
 func TestDecodeTOCRegion(t *testing.T) {
 	const j = `{"version":1,"entries":[]}`
-	f, c := tocRegion(t, KindGzip, []byte(j))
+	f, c := rdTOCRegion(t, KindGzip, []byte(j))
 	if _, _, err := DecodeTOC(f, c[:len(c)-1], Limits{}); !errors.Is(err, ErrFormat) {
 		t.Errorf("short region: %v", err)
 	}
@@ -122,13 +122,13 @@ func TestDecodeTOCRegion(t *testing.T) {
 		t.Errorf("corrupt gzip: %v", err)
 	}
 
-	other := gzipTarMember(t, "other.json", []byte(j))
+	other := rdGzipTar(t, "other.json", []byte(j))
 	f.TOCLength = int64(len(other))
 	if _, _, err := DecodeTOC(f, other, Limits{}); !errors.Is(err, ErrFormat) {
 		t.Errorf("wrong tar name: %v", err)
 	}
 
-	zf, zc := tocRegion(t, KindZstdChunked, []byte(j))
+	zf, zc := rdTOCRegion(t, KindZstdChunked, []byte(j))
 	zf.TOCUncompressedLength++
 	if _, _, err := DecodeTOC(zf, zc, Limits{}); !errors.Is(err, ErrFormat) {
 		t.Errorf("zstd length mismatch: %v", err)
@@ -139,7 +139,7 @@ func TestDecodeTOCRegion(t *testing.T) {
 	}
 	// A footer that understates the JSON: decoding stops there.
 	bomb := []byte(`{"entries":[]}` + strings.Repeat(" ", 4<<20))
-	zf, zc = tocRegion(t, KindZstdChunked, bomb)
+	zf, zc = rdTOCRegion(t, KindZstdChunked, bomb)
 	zf.TOCUncompressedLength = 100
 	if _, _, err := DecodeTOC(zf, zc, Limits{}); !errors.Is(err, ErrFormat) {
 		t.Errorf("zstd understated length: %v", err)
@@ -187,7 +187,7 @@ func TestDecodeTOCManyEntries(t *testing.T) {
 		fmt.Fprintf(&b, `{"name":"d/f%d","type":"reg","uid":%d}`, i, i%7)
 	}
 	b.WriteString(`]}`)
-	f, c := tocRegion(t, KindZstdChunked, []byte(b.String()))
+	f, c := rdTOCRegion(t, KindZstdChunked, []byte(b.String()))
 	toc, _, err := DecodeTOC(f, c, Limits{MaxEntries: n})
 	if err != nil || len(toc.Entries) != n {
 		t.Fatalf("%d entries: %v", len(toc.Entries), err)

@@ -7,20 +7,20 @@ import (
 	"testing"
 )
 
-// podmanFooter encodes a containers/storage footer frame.
-func podmanFooter(vals ...uint64) []byte {
+// rdPodmanFooter encodes a containers/storage footer frame.
+func rdPodmanFooter(vals ...uint64) []byte {
 	var p []byte
 	for _, v := range vals {
 		p = binary.LittleEndian.AppendUint64(p, v)
 	}
-	return appendSkippable(nil, append(p, podmanMagic[:]...))
+	return rdSkippable(nil, append(p, podmanMagic[:]...))
 }
 
 func TestParseFooter(t *testing.T) {
 	pad := func(n int, footer []byte) []byte { return append(make([]byte, n), footer...) }
 	gz := AppendGzipFooter(nil, 100)
 	zs := AppendZstdFooter(nil, 108, 50, 400)
-	legacy := legacyFooter(t, 100)
+	legacy := rdLegacyFooter(t, 100)
 	for _, tt := range []struct {
 		name     string
 		tail     []byte
@@ -33,7 +33,7 @@ func TestParseFooter(t *testing.T) {
 		{name: "legacy", tail: pad(30, legacy), blobSize: 200, want: Footer{Kind: KindLegacyGzip, TOCOffset: 100, TOCLength: 53, Size: 47}},
 		{name: "legacy exact blob", tail: append(make([]byte, 101), legacy...), want: Footer{Kind: KindLegacyGzip, TOCOffset: 100, TOCLength: 1, Size: 47}},
 		{name: "zstd", tail: pad(24, zs), blobSize: 108 + 50 + 48, want: Footer{Kind: KindZstdChunked, TOCOffset: 108, TOCLength: 50, TOCUncompressedLength: 400, Size: 48}},
-		{name: "podman", tail: podmanFooter(108, 50, 400, 1, 166, 10, 30), blobSize: 166 + 10 + 72,
+		{name: "podman", tail: rdPodmanFooter(108, 50, 400, 1, 166, 10, 30), blobSize: 166 + 10 + 72,
 			want: Footer{Kind: KindZstdChunkedPodman, TOCOffset: 108, TOCLength: 50, TOCUncompressedLength: 400, TarSplitOffset: 166, TarSplitLength: 10, TarSplitUncompressedLength: 30, Size: 72}},
 
 		{name: "empty", tail: nil, err: ErrFormat},
@@ -59,9 +59,9 @@ func TestParseFooter(t *testing.T) {
 		{name: "zstd length overflow", tail: AppendZstdFooter(nil, 108, 1<<63-1, 400), blobSize: 300, err: ErrFormat},
 		{name: "zstd offset overflow", tail: append(append(append([]byte{}, zs[:8]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), zs[16:]...), blobSize: 300, err: ErrFormat},
 		{name: "zstd manifest type", tail: bytes.Replace(zs, []byte{1, 0, 0, 0, 0, 0, 0, 0, 'G'}, []byte{2, 0, 0, 0, 0, 0, 0, 0, 'G'}, 1), blobSize: 300, err: ErrFormat},
-		{name: "podman tar-split overlaps TOC", tail: podmanFooter(108, 50, 400, 160, 10, 30), blobSize: 300, err: ErrFormat},
-		{name: "podman tar-split outside", tail: podmanFooter(108, 50, 400, 1, 166, 1000, 30), blobSize: 300, err: ErrFormat},
-		{name: "podman manifest type", tail: podmanFooter(108, 50, 400, 0, 166, 10, 30), blobSize: 300, err: ErrFormat},
+		{name: "podman tar-split overlaps TOC", tail: rdPodmanFooter(108, 50, 400, 160, 10, 30), blobSize: 300, err: ErrFormat},
+		{name: "podman tar-split outside", tail: rdPodmanFooter(108, 50, 400, 1, 166, 1000, 30), blobSize: 300, err: ErrFormat},
+		{name: "podman manifest type", tail: rdPodmanFooter(108, 50, 400, 0, 166, 10, 30), blobSize: 300, err: ErrFormat},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			size := tt.blobSize
@@ -109,7 +109,7 @@ func TestFooterEncoders(t *testing.T) {
 func FuzzFooter(f *testing.F) {
 	f.Add(AppendGzipFooter(make([]byte, 21), 3), int64(100))
 	f.Add(AppendZstdFooter(make([]byte, 24), 8, 4, 40), int64(60))
-	f.Add(podmanFooter(8, 4, 40, 1, 20, 4, 8), int64(100))
+	f.Add(rdPodmanFooter(8, 4, 40, 1, 20, 4, 8), int64(100))
 	f.Add(make([]byte, LegacyFooterSize), int64(LegacyFooterSize))
 	f.Fuzz(func(t *testing.T, tail []byte, blobSize int64) {
 		ft, err := ParseFooter(tail, blobSize)

@@ -97,13 +97,13 @@ func rdTar(t testing.TB, files []rdFile) []byte {
 	return buf.Bytes()
 }
 
-type zstdCompression struct {
+type rdZstdCompression struct {
 	*zstdchunked.Compressor
 	*zstdchunked.Decompressor
 }
 
-// upstreamBlob builds a layer with the upstream builder.
-func upstreamBlob(t testing.TB, tarb []byte, opts ...estargz.Option) ([]byte, digest.Digest) {
+// rdUpstreamBlob builds a layer with the upstream builder.
+func rdUpstreamBlob(t testing.TB, tarb []byte, opts ...estargz.Option) ([]byte, digest.Digest) {
 	t.Helper()
 	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarb), 0, int64(len(tarb))), opts...)
 	if err != nil {
@@ -117,9 +117,9 @@ func upstreamBlob(t testing.TB, tarb []byte, opts ...estargz.Option) ([]byte, di
 	return b, blob.TOCDigest()
 }
 
-// readLayer is nibble's whole read path over a blob held in memory:
+// rdReadLayer is nibble's whole read path over a blob held in memory:
 // footer, TOC, validation, and every chunk of every file.
-func readLayer(t testing.TB, blob []byte) (files map[string][]byte, toc *TOC, l *Layout, tocDigest digest.Digest, f Footer) {
+func rdReadLayer(t testing.TB, blob []byte) (files map[string][]byte, toc *TOC, l *Layout, tocDigest digest.Digest, f Footer) {
 	t.Helper()
 	tail := blob[max(0, len(blob)-MaxFooterSize):]
 	f, err := ParseFooter(tail, int64(len(blob)))
@@ -154,7 +154,7 @@ func readLayer(t testing.TB, blob []byte) (files map[string][]byte, toc *TOC, l 
 	return files, toc, l, tocDigest, f
 }
 
-func checkFiles(t *testing.T, got map[string][]byte, want []rdFile) {
+func rdCheckFiles(t *testing.T, got map[string][]byte, want []rdFile) {
 	t.Helper()
 	for _, w := range want {
 		g, ok := got[w.name]
@@ -172,7 +172,7 @@ func TestReadUpstreamBlobs(t *testing.T) {
 	files := rdFiles(1)
 	tarb := rdTar(t, files)
 	zstdc := func() estargz.Option {
-		return estargz.WithCompression(&zstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}})
+		return estargz.WithCompression(&rdZstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}})
 	}
 	for _, tt := range []struct {
 		name       string
@@ -189,15 +189,15 @@ func TestReadUpstreamBlobs(t *testing.T) {
 		{name: "zstd-min-chunk-size", opts: []estargz.Option{zstdc(), estargz.WithMinChunkSize(16 << 10)}, kind: KindZstdChunked, wantShared: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			blob, wantTOC := upstreamBlob(t, tarb, tt.opts...)
-			got, toc, l, tocDigest, f := readLayer(t, blob)
+			blob, wantTOC := rdUpstreamBlob(t, tarb, tt.opts...)
+			got, toc, l, tocDigest, f := rdReadLayer(t, blob)
 			if f.Kind != tt.kind {
 				t.Fatalf("kind %v, want %v", f.Kind, tt.kind)
 			}
 			if tocDigest != wantTOC {
 				t.Fatalf("TOC digest %s, upstream says %s", tocDigest, wantTOC)
 			}
-			checkFiles(t, got, files)
+			rdCheckFiles(t, got, files)
 			if l.Undigested != 0 {
 				t.Errorf("%d chunks without digest", l.Undigested)
 			}
@@ -218,18 +218,18 @@ func TestReadUpstreamBlobs(t *testing.T) {
 			// Names are cleaned, owner names carried forward, and
 			// chunk entries named after their file.
 			for _, w := range files {
-				if e, _ := lookup(toc, w.name); e.Uname == "" || e.Gname != "root" {
+				if e, _ := rdLookup(toc, w.name); e.Uname == "" || e.Gname != "root" {
 					t.Errorf("%s: owner names not carried forward: %q:%q", w.name, e.Uname, e.Gname)
 				}
 			}
-			if l, ok := lookup(toc, "etc/hard"); !ok || l.LinkName != "etc/hosts" {
+			if l, ok := rdLookup(toc, "etc/hard"); !ok || l.LinkName != "etc/hosts" {
 				t.Errorf("hardlink: %+v", l)
 			}
 		})
 	}
 }
 
-func lookup(toc *TOC, name string) (Entry, bool) {
+func rdLookup(toc *TOC, name string) (Entry, bool) {
 	var found Entry
 	ok := false
 	for _, e := range toc.Entries {
@@ -244,7 +244,7 @@ func TestReadUpstreamZstdManifestChecksum(t *testing.T) {
 	files := rdFiles(2)
 	tarb := rdTar(t, files)
 	meta := map[string]string{}
-	blob, tocDigest := upstreamBlob(t, tarb, estargz.WithCompression(&zstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault, Metadata: meta}, &zstdchunked.Decompressor{}}))
+	blob, tocDigest := rdUpstreamBlob(t, tarb, estargz.WithCompression(&rdZstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault, Metadata: meta}, &zstdchunked.Decompressor{}}))
 	f, err := ParseFooter(blob[len(blob)-MaxFooterSize:], int64(len(blob)))
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +274,7 @@ func TestReadUpstreamZstdManifestChecksum(t *testing.T) {
 // upstream's own footers.
 func TestFootersMatchUpstream(t *testing.T) {
 	tarb := rdTar(t, rdFiles(3))
-	blob, _ := upstreamBlob(t, tarb)
+	blob, _ := rdUpstreamBlob(t, tarb)
 	f, err := ParseFooter(blob[len(blob)-MaxFooterSize:], int64(len(blob)))
 	if err != nil {
 		t.Fatal(err)
@@ -289,7 +289,7 @@ func TestFootersMatchUpstream(t *testing.T) {
 		}
 	}
 
-	zblob, _ := upstreamBlob(t, tarb, estargz.WithCompression(&zstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
+	zblob, _ := rdUpstreamBlob(t, tarb, estargz.WithCompression(&rdZstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
 	zf, err := ParseFooter(zblob[len(zblob)-MaxFooterSize:], int64(len(zblob)))
 	if err != nil {
 		t.Fatal(err)
@@ -299,9 +299,9 @@ func TestFootersMatchUpstream(t *testing.T) {
 	}
 }
 
-// legacyFooter is the 47-byte footer of the original stargz writer: a
-// gzip member whose Extra is "%016xSTARGZ", written by compress/gzip.
-func legacyFooter(t testing.TB, tocOffset int64) []byte {
+// rdLegacyFooter is the 47-byte footer of the original stargz writer: a
+// gzip rdMember whose Extra is "%016xSTARGZ", written by compress/gzip.
+func rdLegacyFooter(t testing.TB, tocOffset int64) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.NoCompression)
@@ -318,14 +318,14 @@ func legacyFooter(t testing.TB, tocOffset int64) []byte {
 	return buf.Bytes()
 }
 
-// gzipTOC writes a TOC member as stargz writers do.
-func gzipTOC(t testing.TB, tocJSON []byte) []byte {
+// rdGzipTOC writes a TOC rdMember as stargz writers do.
+func rdGzipTOC(t testing.TB, tocJSON []byte) []byte {
 	t.Helper()
-	return gzipTarMember(t, TOCTarName, tocJSON)
+	return rdGzipTar(t, TOCTarName, tocJSON)
 }
 
-// gzipTarMember writes a gzip member holding a tar of one file.
-func gzipTarMember(t testing.TB, name string, data []byte) []byte {
+// rdGzipTar writes a gzip rdMember holding a tar of one file.
+func rdGzipTar(t testing.TB, name string, data []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
@@ -341,9 +341,9 @@ func gzipTarMember(t testing.TB, name string, data []byte) []byte {
 	return buf.Bytes()
 }
 
-// legacyBlob turns an upstream gzip blob into a legacy stargz one: the
+// rdLegacyBlob turns an upstream gzip blob into a legacy stargz one: the
 // TOC loses its chunk digests and the footer is the 47-byte form.
-func legacyBlob(t testing.TB, blob []byte) []byte {
+func rdLegacyBlob(t testing.TB, blob []byte) []byte {
 	t.Helper()
 	f, err := ParseFooter(blob[len(blob)-MaxFooterSize:], int64(len(blob)))
 	if err != nil {
@@ -361,19 +361,19 @@ func legacyBlob(t testing.TB, blob []byte) []byte {
 		t.Fatal(err)
 	}
 	out := append([]byte(nil), blob[:f.TOCOffset]...)
-	out = append(out, gzipTOC(t, j)...)
-	return append(out, legacyFooter(t, f.TOCOffset)...)
+	out = append(out, rdGzipTOC(t, j)...)
+	return append(out, rdLegacyFooter(t, f.TOCOffset)...)
 }
 
 func TestReadLegacyStargz(t *testing.T) {
 	files := rdFiles(4)
-	blob, _ := upstreamBlob(t, rdTar(t, files), estargz.WithChunkSize(8192))
-	legacy := legacyBlob(t, blob)
-	got, _, l, _, f := readLayer(t, legacy)
+	blob, _ := rdUpstreamBlob(t, rdTar(t, files), estargz.WithChunkSize(8192))
+	legacy := rdLegacyBlob(t, blob)
+	got, _, l, _, f := rdReadLayer(t, legacy)
 	if f.Kind != KindLegacyGzip || f.Size != LegacyFooterSize {
 		t.Fatalf("footer %+v", f)
 	}
-	checkFiles(t, got, files)
+	rdCheckFiles(t, got, files)
 	// Files of one chunk are verified by their file digest; the chunks
 	// of larger files have none.
 	if l.Undigested == 0 {
@@ -387,11 +387,11 @@ func TestReadLegacyStargz(t *testing.T) {
 	}
 }
 
-// podmanBlob writes a layer as containers/storage does (see
+// rdPodmanBlob writes a layer as containers/storage does (see
 // KindZstdChunkedPodman): tar headers and padding in frames of their
 // own, each file's payload in frames of chunkSize bytes, then the
 // manifest, tar-split and footer skippable frames.
-func podmanBlob(t testing.TB, files []rdFile, chunkSize int) (blob, compressedTOC []byte) {
+func rdPodmanBlob(t testing.TB, files []rdFile, chunkSize int) (blob, compressedTOC []byte) {
 	t.Helper()
 	enc, err := zstd.NewWriter(nil)
 	if err != nil {
@@ -455,18 +455,18 @@ func podmanBlob(t testing.TB, files []rdFile, chunkSize int) (blob, compressedTO
 	compressedTOC = enc.EncodeAll(manifest, nil)
 	tarSplit := enc.EncodeAll([]byte(`{"type":2,"payload":"","position":0}`+"\n"), nil)
 	tocOff := len(blob) + 8
-	blob = appendSkippable(blob, compressedTOC)
+	blob = rdSkippable(blob, compressedTOC)
 	splitOff := len(blob) + 8
-	blob = appendSkippable(blob, tarSplit)
+	blob = rdSkippable(blob, tarSplit)
 	var footer []byte
 	for _, v := range []int{tocOff, len(compressedTOC), len(manifest), 1, splitOff, len(tarSplit), 37} {
 		footer = append(footer, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
 	}
 	footer = append(footer, "GNUlInUx"...)
-	return appendSkippable(blob, footer), compressedTOC
+	return rdSkippable(blob, footer), compressedTOC
 }
 
-func appendSkippable(b, data []byte) []byte {
+func rdSkippable(b, data []byte) []byte {
 	n := len(data)
 	b = append(b, 0x50, 0x2a, 0x4d, 0x18, byte(n), byte(n>>8), byte(n>>16), byte(n>>24))
 	return append(b, data...)
@@ -474,7 +474,7 @@ func appendSkippable(b, data []byte) []byte {
 
 func TestReadPodmanZstdChunked(t *testing.T) {
 	files := rdFiles(5)
-	blob, compressedTOC := podmanBlob(t, files, 10_000)
+	blob, compressedTOC := rdPodmanBlob(t, files, 10_000)
 	// The blob is a valid zstd stream of the tar.
 	dec, err := zstd.NewReader(bytes.NewReader(blob))
 	if err != nil {
@@ -490,11 +490,11 @@ func TestReadPodmanZstdChunked(t *testing.T) {
 	}
 	dec.Close()
 
-	got, toc, l, jsonDigest, f := readLayer(t, blob)
+	got, toc, l, jsonDigest, f := rdReadLayer(t, blob)
 	if f.Kind != KindZstdChunkedPodman || f.Size != PodmanFooterSize {
 		t.Fatalf("footer %+v", f)
 	}
-	checkFiles(t, got, files)
+	rdCheckFiles(t, got, files)
 	if l.Undigested != 0 {
 		t.Errorf("%d chunks without digest", l.Undigested)
 	}
@@ -507,7 +507,7 @@ func TestReadPodmanZstdChunked(t *testing.T) {
 			}
 		}
 	}
-	if e, _ := lookup(toc, "etc"); string(e.Xattrs["user.overlay.impure"]) != "y" {
+	if e, _ := rdLookup(toc, "etc"); string(e.Xattrs["user.overlay.impure"]) != "y" {
 		t.Errorf("xattrs: %+v", e)
 	}
 	ann := map[string]string{PodmanManifestChecksumAnnotation: digest.FromBytes(compressedTOC).String()}
