@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	digest "github.com/opencontainers/go-digest"
 
 	"nibble.dev/nibble/internal/format"
@@ -104,9 +102,6 @@ func FuzzBuild(f *testing.F) {
 			t.Fatalf("output's entries differ from the input's:\n%s", d)
 		}
 
-		if _, err := estargzOpenTmp(blob, zstdLayer); err != nil && strings.Contains(err.Error(), "hardlink") {
-			return
-		}
 		r := oracleOpen(t, blob, zstdLayer)
 		if r.TOCDigest() != res.TOCDigest {
 			t.Errorf("upstream TOC digest %s; Result.TOCDigest %s", r.TOCDigest(), res.TOCDigest)
@@ -126,7 +121,7 @@ func FuzzBuild(f *testing.F) {
 			if e.Type == tar.TypeLink {
 				// A hard link names a non-directory (link(2) refuses
 				// directories, and a tree with one is a cycle).
-				if te, ok := r.Lookup(name); !ok || te.Type == "dir" && false {
+				if te, ok := r.Lookup(name); !ok || te.Type == "dir" {
 					t.Fatalf("%s: hard link to %q: upstream resolves it to %v", name, e.Linkname, te)
 				}
 			}
@@ -261,12 +256,4 @@ func fuzzBuildSeeds(tb testing.TB) []fuzzSeed {
 		{hostile("sym", "/etc/passwd", tar.TypeSymlink), 0},
 	}
 	return seeds
-}
-
-func estargzOpenTmp(blob []byte, z bool) (*estargz.Reader, error) {
-	var opts []estargz.OpenOption
-	if z {
-		opts = append(opts, estargz.WithDecompressors(new(zstdchunked.Decompressor)))
-	}
-	return estargz.Open(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))), opts...)
 }
