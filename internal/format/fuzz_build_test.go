@@ -7,9 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -24,6 +27,9 @@ const (
 	fuzzPrefetch               // a prefetch list
 	fuzzNoPrefetch             // the no-prefetch landmark (unless fuzzPrefetch)
 )
+
+// fuzzBuildDeadline bounds one Build of a small fuzz input.
+const fuzzBuildDeadline = 20 * time.Second
 
 // fuzzReserved reports the names that Build writes itself and drops from
 // its input.
@@ -61,8 +67,15 @@ func FuzzBuild(f *testing.F) {
 			opts = append(opts, format.WithNoPrefetch())
 		}
 
+		// A hang is a failure too: the fuzzer has no deadline of its own.
+		watchdog := time.AfterFunc(fuzzBuildDeadline, func() {
+			stacks := make([]byte, 1<<20)
+			stacks = stacks[:runtime.Stack(stacks, true)]
+			panic(fmt.Sprintf("Build still running after %v on this input:\n%s", fuzzBuildDeadline, stacks))
+		})
 		var out bytes.Buffer
 		res, err := format.Build(context.Background(), bytes.NewReader(data), &out, opts...)
+		watchdog.Stop()
 		if err != nil {
 			if !errors.Is(err, format.ErrInput) {
 				t.Fatalf("Build: %v (not ErrInput)", err)
