@@ -1,0 +1,366 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"nibble.dev/nibble/internal/format"
+)
+
+// Range is a byte range of a blob.
+type Range struct{ Off, Len int64 }
+
+// Source reads byte ranges of one blob. ReadRanges gets ranges sorted by
+// offset, non-overlapping, and returns their bytes in order; it retries
+// transient network faults itself and is safe for concurrent use.
+type Source interface {
+	ReadRanges(ctx context.Context, rs []Range) ([][]byte, error)
+}
+
+// Store is the node-wide chunk store. Get fills dst (of the chunk's size)
+// and reports whether the chunk was there; Put stores verified bytes. Both
+// are best effort for the scheduler: a failing store only costs fetches.
+type Store interface {
+	Get(d digest.Digest, dst []byte) (bool, error)
+	Put(d digest.Digest, b []byte) error
+	Has(d digest.Digest) bool
+}
+
+// Priority orders jobs: lower values run first.
+type Priority int
+
+// Priorities, highest first.
+const (
+	Demand Priority = iota
+	Prefetch
+	Background
+)
+
+func (p Priority) String() string {
+	switch p {
+	case Demand:
+		return "demand"
+	case Prefetch:
+		return "prefetch"
+	case Background:
+		return "background"
+	}
+	return fmt.Sprintf("Priority(%d)", int(p))
+}
+
+// Chunk locates one chunk of a file in a layer's blob.
+type Chunk struct {
+	// Off is the compressed offset of the member holding the chunk, CLen
+	// the compressed length to fetch from there.
+	Off  int64
+	CLen uint32
+	// Inner is the number of decompressed bytes before the chunk in its
+	// member.
+	Inner uint32
+	// FileOff is the chunk's offset in its file, Size its length.
+	FileOff int64
+	Size    uint32
+	// Digest is the chunk's sha256; all zeros when the TOC has none.
+	Digest [32]byte
+}
+
+// HasDigest reports whether the chunk can be verified on its own.
+func (c *Chunk) HasDigest() bool { return c.Digest != [32]byte{} }
+
+func (c *Chunk) digest() digest.Digest { return DigestOf(c.Digest) }
+
+// Errors.
+var (
+	// ErrClosed is returned for reads pending when the scheduler closes.
+	ErrClosed = errors.New("fetch: scheduler closed")
+	// ErrUnverifiable is returned for a chunk without a digest in a layer
+	// not opened with AllowUnverified.
+	ErrUnverifiable = errors.New("fetch: chunk has no digest")
+)
+
+// Option configures a Scheduler.
+type Option func(*Scheduler) error
+
+// WithWorkers sets how many range requests run at once (default 6).
+func WithWorkers(n int) Option {
+	return func(s *Scheduler) error {
+		if n < 1 {
+			return fmt.Errorf("workers %d < 1", n)
+		}
+		s.workers = n
+		return nil
+	}
+}
+
+// WithMaxRequest bounds the bytes of one merged range request (default
+// 8 MiB). A single member larger than that is still fetched whole.
+func WithMaxRequest(n int64) Option {
+	return func(s *Scheduler) error {
+		if n < 4<<10 {
+			return fmt.Errorf("max request %d < 4 KiB", n)
+		}
+		s.maxRequest = n
+		return nil
+	}
+}
+
+// WithReadAhead sets how many bytes of a file past a read are fetched
+// ahead of the reader (default 32 MiB; 0 disables read-ahead).
+func WithReadAhead(n int64) Option {
+	return func(s *Scheduler) error {
+		if n < 0 {
+			return fmt.Errorf("read-ahead %d < 0", n)
+		}
+		s.readAhead = n
+		return nil
+	}
+}
+
+// WithQuietPeriod sets how long after the last on-demand read background
+// fetching may run (default 3 s).
+func WithQuietPeriod(d time.Duration) Option {
+	return func(s *Scheduler) error {
+		if d < 0 {
+			return fmt.Errorf("quiet period %v < 0", d)
+		}
+		s.quiet = d
+		return nil
+	}
+}
+
+// WithAttempts sets how many times a member that fails verification is
+// fetched before its readers get an error (default 4).
+func WithAttempts(n int) Option {
+	return func(s *Scheduler) error {
+		if n < 1 {
+			return fmt.Errorf("attempts %d < 1", n)
+		}
+		s.attempts = n
+		return nil
+	}
+}
+
+// WithMemoryCache sets the bytes of recently decoded chunks kept in memory
+// (default 64 MiB), so that reads smaller than a chunk do not go to the
+// store each time.
+func WithMemoryCache(n int64) Option {
+	return func(s *Scheduler) error {
+		if n < 0 {
+			return fmt.Errorf("memory cache %d < 0", n)
+		}
+		s.memSize = n
+		return nil
+	}
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Scheduler) error {
+		s.log = l
+		return nil
+	}
+}
+
+// Scheduler runs the fetches of every layer of a node. Its methods are
+// safe for concurrent use.
+type Scheduler struct {
+	store      Store
+	workers    int
+	maxRequest int64
+	readAhead  int64
+	quiet      time.Duration
+	attempts   int
+	memSize    int64
+	log        *slog.Logger
+
+	dec format.ChunkDecoder
+	mem *memCache
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	queues     [3][]*job
+	lastDemand time.Time
+	bgRunning  int
+	wakeTimer  *time.Timer
+	closed     bool
+}
+
+// New starts a scheduler whose chunks are kept in store. Close stops it.
+func New(store Store, opts ...Option) (*Scheduler, error) {
+	s := &Scheduler{
+		store:      store,
+		workers:    6,
+		maxRequest: 8 << 20,
+		readAhead:  32 << 20,
+		quiet:      3 * time.Second,
+		attempts:   4,
+		memSize:    64 << 20,
+		log:        slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			return nil, fmt.Errorf("fetch: %w", err)
+		}
+	}
+	s.mem = newMemCache(s.memSize)
+	s.cond = sync.NewCond(&s.mu)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for range s.workers {
+		s.wg.Add(1)
+		go s.worker()
+	}
+	return s, nil
+}
+
+// Close stops the workers; reads waiting for fetches fail with ErrClosed.
+func (s *Scheduler) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	queued := s.queues
+	s.queues = [3][]*job{}
+	if s.wakeTimer != nil {
+		s.wakeTimer.Stop()
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	for _, q := range queued {
+		for _, j := range q {
+			if !j.taken {
+				j.taken = true
+				j.l.finish(j, nil, ErrClosed)
+			}
+		}
+	}
+	return nil
+}
+
+// job is one range request for adjacent members of one layer.
+type job struct {
+	l       *Layer
+	members []int
+	prio    Priority
+	taken   bool // by a worker, or dropped at Close; guarded by Scheduler.mu
+}
+
+func (s *Scheduler) enqueue(jobs []*job) {
+	if len(jobs) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		for _, j := range jobs {
+			j.taken = true
+			go j.l.finish(j, nil, ErrClosed)
+		}
+		return
+	}
+	for _, j := range jobs {
+		s.queues[j.prio] = append(s.queues[j.prio], j)
+	}
+	s.cond.Broadcast()
+}
+
+// promote moves a queued job to a higher priority.
+func (s *Scheduler) promote(j *job, p Priority) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j.taken || j.prio <= p || s.closed {
+		return
+	}
+	// The old queue entry is skipped when popped: a job is run once.
+	q := s.queues[j.prio]
+	for i, x := range q {
+		if x == j {
+			s.queues[j.prio] = append(q[:i:i], q[i+1:]...)
+			break
+		}
+	}
+	j.prio = p
+	s.queues[p] = append(s.queues[p], j)
+	s.cond.Broadcast()
+}
+
+func (s *Scheduler) noteDemand() {
+	s.mu.Lock()
+	s.lastDemand = time.Now()
+	s.mu.Unlock()
+}
+
+// next blocks until a job may run, and returns nil once closed.
+func (s *Scheduler) next() *job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.closed {
+			return nil
+		}
+		for p := Demand; p <= Background; p++ {
+			if len(s.queues[p]) == 0 {
+				continue
+			}
+			if p == Background {
+				if s.bgRunning > 0 {
+					continue
+				}
+				if wait := s.quiet - time.Since(s.lastDemand); wait > 0 {
+					s.wakeAfter(wait)
+					continue
+				}
+				s.bgRunning++
+			}
+			j := s.queues[p][0]
+			s.queues[p][0] = nil
+			s.queues[p] = s.queues[p][1:]
+			j.taken = true
+			return j
+		}
+		s.cond.Wait()
+	}
+}
+
+// wakeAfter wakes the workers after d; called with s.mu held.
+func (s *Scheduler) wakeAfter(d time.Duration) {
+	if s.wakeTimer != nil {
+		s.wakeTimer.Stop()
+	}
+	s.wakeTimer = time.AfterFunc(d+time.Millisecond, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+}
+
+func (s *Scheduler) worker() {
+	defer s.wg.Done()
+	for {
+		j := s.next()
+		if j == nil {
+			return
+		}
+		bg := j.prio == Background
+		j.l.run(s.ctx, j)
+		if bg {
+			s.mu.Lock()
+			s.bgRunning--
+			s.cond.Broadcast()
+			s.mu.Unlock()
+		}
+	}
+}

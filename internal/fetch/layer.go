@@ -1,0 +1,524 @@
+package fetch
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"nibble.dev/nibble/internal/format"
+)
+
+// member is one compressed unit of the blob and the chunks it holds.
+type member struct {
+	off    int64
+	clen   uint32
+	chunks []uint32 // indexes into Layer.chunks, by Inner
+}
+
+// flight is one member being fetched; its readers wait on done.
+type flight struct {
+	done chan struct{}
+	err  error
+	data [][]byte // decoded chunks, parallel to member.chunks
+	job  *job
+}
+
+// LayerOption configures a Layer.
+type LayerOption func(*Layer)
+
+// AllowUnverified lets chunks without a digest be served unverified.
+// Only for layers the caller has verified otherwise, or explicitly trusts.
+func AllowUnverified() LayerOption { return func(l *Layer) { l.allowUnverified = true } }
+
+// Layer fetches the chunks of one layer blob.
+type Layer struct {
+	s               *Scheduler
+	src             Source
+	kind            format.Kind
+	chunks          []Chunk
+	members         []member // by offset
+	chunkMember     []uint32
+	allowUnverified bool
+
+	mu      sync.Mutex
+	flights map[int]*flight
+	err     error // last fetch error
+
+	fetched, requests, hits, misses, failures atomic.Int64
+}
+
+// Layer registers a layer whose blob is src and whose chunks are chunks
+// (in any order; files' chunks are addressed by index).
+func (s *Scheduler) Layer(src Source, kind format.Kind, chunks []Chunk, opts ...LayerOption) (*Layer, error) {
+	l := &Layer{s: s, src: src, kind: kind, chunks: chunks, flights: make(map[int]*flight)}
+	for _, o := range opts {
+		o(l)
+	}
+	order := make([]uint32, len(chunks))
+	for i := range order {
+		order[i] = uint32(i)
+	}
+	slices.SortFunc(order, func(a, b uint32) int {
+		ca, cb := &chunks[a], &chunks[b]
+		if ca.Off != cb.Off {
+			return cmpInt64(ca.Off, cb.Off)
+		}
+		return cmpInt64(int64(ca.Inner), int64(cb.Inner))
+	})
+	l.chunkMember = make([]uint32, len(chunks))
+	for _, ci := range order {
+		c := &chunks[ci]
+		n := len(l.members)
+		if n == 0 || l.members[n-1].off != c.Off {
+			if n > 0 && l.members[n-1].off+int64(l.members[n-1].clen) > c.Off {
+				return nil, fmt.Errorf("fetch: members at %d and %d overlap", l.members[n-1].off, c.Off)
+			}
+			l.members = append(l.members, member{off: c.Off, clen: c.CLen})
+			n++
+		} else if l.members[n-1].clen != c.CLen {
+			return nil, fmt.Errorf("fetch: chunks of the member at %d disagree on its length", c.Off)
+		}
+		l.members[n-1].chunks = append(l.members[n-1].chunks, ci)
+		l.chunkMember[ci] = uint32(n - 1)
+	}
+	return l, nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Stats counts a layer's fetching.
+type Stats struct {
+	// FetchedBytes is the compressed bytes received from the blob;
+	// Requests the range requests made for them.
+	FetchedBytes, Requests int64
+	// Hits and Misses count chunk reads served without and with a fetch.
+	Hits, Misses int64
+	// Failures counts members that failed to decode or verify.
+	Failures int64
+	// LastError is the last fetch error, if any.
+	LastError error
+}
+
+// Stats returns the layer's counters.
+func (l *Layer) Stats() Stats {
+	l.mu.Lock()
+	err := l.err
+	l.mu.Unlock()
+	return Stats{
+		FetchedBytes: l.fetched.Load(),
+		Requests:     l.requests.Load(),
+		Hits:         l.hits.Load(),
+		Misses:       l.misses.Load(),
+		Failures:     l.failures.Load(),
+		LastError:    err,
+	}
+}
+
+// ReadAt reads len(p) bytes at off of the file of size size whose chunks
+// are l.chunks[first:first+n], in file order. It returns fewer bytes only
+// at the end of the file (with io.EOF).
+func (l *Layer) ReadAt(ctx context.Context, first, n int, size int64, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("fetch: negative offset %d", off)
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), size)
+	fc := l.chunks[first : first+n]
+	a := sort.Search(len(fc), func(i int) bool { return fc[i].FileOff+int64(fc[i].Size) > off })
+	l.s.noteDemand()
+
+	var need []int
+	last := a
+	for i := a; i < len(fc) && fc[i].FileOff < end; i++ {
+		last = i
+		ci := first + i
+		if b := l.local(ci); b != nil {
+			copyChunk(p, off, end, &fc[i], b)
+			continue
+		}
+		need = append(need, ci)
+	}
+	var err error
+	if len(need) > 0 {
+		l.misses.Add(int64(len(need)))
+		flights := l.ensure(need, Demand)
+		for k, ci := range need {
+			f := flights[k]
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+			if f.err != nil {
+				err = f.err
+				break
+			}
+			copyChunk(p, off, end, &l.chunks[ci], f.chunk(l, ci))
+		}
+	}
+	if l.s.readAhead > 0 && last+1 < len(fc) {
+		l.readAhead(first+last+1, first+len(fc))
+	}
+	if err != nil {
+		return 0, err
+	}
+	if got := int(end - off); got < len(p) {
+		return got, io.EOF
+	}
+	return len(p), nil
+}
+
+// local returns chunk ci from memory or the store, or nil.
+func (l *Layer) local(ci int) []byte {
+	c := &l.chunks[ci]
+	if b := l.s.mem.get(l, ci); b != nil {
+		l.hits.Add(1)
+		return b
+	}
+	if !c.HasDigest() {
+		return nil
+	}
+	b := make([]byte, c.Size)
+	if ok, _ := l.s.store.Get(c.digest(), b); ok {
+		l.s.mem.put(l, ci, b)
+		l.hits.Add(1)
+		return b
+	}
+	return nil
+}
+
+func copyChunk(p []byte, off, end int64, c *Chunk, b []byte) {
+	lo := max(off, c.FileOff)
+	hi := min(end, c.FileOff+int64(c.Size))
+	if lo < hi {
+		copy(p[lo-off:hi-off], b[lo-c.FileOff:hi-c.FileOff])
+	}
+}
+
+// chunk returns chunk ci's bytes from a finished flight.
+func (f *flight) chunk(l *Layer, ci int) []byte {
+	m := &l.members[l.chunkMember[ci]]
+	for k, x := range m.chunks {
+		if int(x) == ci {
+			return f.data[k]
+		}
+	}
+	panic("fetch: chunk not in its member")
+}
+
+// readAhead makes sure the chunks [from, to) of a file, up to the
+// read-ahead budget, are present or on their way.
+func (l *Layer) readAhead(from, to int) {
+	var want []int
+	budget := l.s.readAhead
+	for ci := from; ci < to && budget > 0; ci++ {
+		c := &l.chunks[ci]
+		budget -= int64(c.Size)
+		if l.s.mem.has(l, ci) || (c.HasDigest() && l.s.store.Has(c.digest())) {
+			continue
+		}
+		want = append(want, ci)
+	}
+	if len(want) > 0 {
+		l.ensure(want, Demand)
+	}
+}
+
+// ensure returns the flight of each chunk in cis, starting fetches for
+// members not yet in flight and promoting queued ones to prio.
+func (l *Layer) ensure(cis []int, prio Priority) []*flight {
+	out := make([]*flight, len(cis))
+	var start []int
+	var promote []*job
+	l.mu.Lock()
+	for k, ci := range cis {
+		m := int(l.chunkMember[ci])
+		f, ok := l.flights[m]
+		if !ok {
+			// The member may have landed since the caller looked: flights
+			// are retired only after their chunks are stored.
+			if f = l.landed(m); f != nil {
+				out[k] = f
+				continue
+			}
+			f = &flight{done: make(chan struct{})}
+			l.flights[m] = f
+			start = append(start, m)
+		} else if f.job != nil && f.job.prio > prio {
+			promote = append(promote, f.job)
+		}
+		out[k] = f
+	}
+	slices.Sort(start)
+	start = slices.Compact(start)
+	jobs := l.plan(start, prio)
+	for _, j := range jobs {
+		for _, m := range j.members {
+			l.flights[m].job = j
+		}
+	}
+	l.mu.Unlock()
+	for _, j := range promote {
+		l.s.promote(j, prio)
+	}
+	l.s.enqueue(jobs)
+	return out
+}
+
+// landed returns a finished flight for member m if all its chunks are in
+// memory or in the store, and nil otherwise.
+func (l *Layer) landed(m int) *flight {
+	mb := &l.members[m]
+	data := make([][]byte, len(mb.chunks))
+	for k, ci := range mb.chunks {
+		if data[k] = l.local(int(ci)); data[k] == nil {
+			return nil
+		}
+	}
+	f := &flight{done: make(chan struct{}), data: data}
+	close(f.done)
+	return f
+}
+
+// maxGap is the largest hole between members that a merged request spans
+// rather than split in two.
+const maxGap = 32 << 10
+
+// plan groups members (sorted) into range requests: adjacent members (or
+// ones separated by a small gap) share a request up to the size limit.
+func (l *Layer) plan(ms []int, prio Priority) []*job {
+	var jobs []*job
+	var cur *job
+	var curStart, curEnd int64
+	for _, m := range ms {
+		mb := &l.members[m]
+		mEnd := mb.off + int64(mb.clen)
+		if cur != nil && mb.off >= curEnd && mb.off-curEnd <= maxGap && mEnd-curStart <= l.s.maxRequest {
+			cur.members = append(cur.members, m)
+			curEnd = mEnd
+			continue
+		}
+		cur = &job{l: l, prio: prio, members: []int{m}}
+		curStart, curEnd = mb.off, mEnd
+		jobs = append(jobs, cur)
+	}
+	return jobs
+}
+
+// run fetches a job's members, decodes and verifies their chunks, and
+// finishes their flights. Members that fail are fetched again alone.
+func (l *Layer) run(ctx context.Context, j *job) {
+	pending := j.members
+	data := make(map[int][][]byte, len(pending))
+	var lastErr error
+	for attempt := 0; attempt < l.s.attempts && len(pending) > 0; attempt++ {
+		var rs []Range
+		if attempt == 0 {
+			first, last := &l.members[pending[0]], &l.members[pending[len(pending)-1]]
+			rs = []Range{{Off: first.off, Len: last.off + int64(last.clen) - first.off}}
+		} else {
+			for _, m := range pending {
+				rs = append(rs, Range{Off: l.members[m].off, Len: int64(l.members[m].clen)})
+			}
+		}
+		bufs, err := l.src.ReadRanges(ctx, rs)
+		l.requests.Add(1)
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if len(bufs) != len(rs) {
+			lastErr = fmt.Errorf("fetch: source returned %d ranges for %d", len(bufs), len(rs))
+			continue
+		}
+		var failed []int
+		for _, m := range pending {
+			buf, base := l.rangeOf(m, rs, bufs)
+			l.fetched.Add(int64(l.members[m].clen))
+			chunks, err := l.decode(m, buf[l.members[m].off-base:])
+			if err != nil {
+				l.failures.Add(1)
+				lastErr = err
+				failed = append(failed, m)
+				continue
+			}
+			data[m] = chunks
+		}
+		pending = failed
+	}
+	if len(pending) > 0 && lastErr == nil {
+		lastErr = ErrClosed
+	}
+	l.finish(j, data, lastErr)
+}
+
+// rangeOf returns the fetched range holding member m and its offset.
+func (l *Layer) rangeOf(m int, rs []Range, bufs [][]byte) ([]byte, int64) {
+	off := l.members[m].off
+	for i, r := range rs {
+		if off >= r.Off && off < r.Off+r.Len {
+			return bufs[i], r.Off
+		}
+	}
+	panic("fetch: member outside the fetched ranges")
+}
+
+func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
+	mb := &l.members[m]
+	if int64(len(src)) < int64(mb.clen) {
+		return nil, fmt.Errorf("fetch: member at %d: short read", mb.off)
+	}
+	cs := make([]format.Chunk, len(mb.chunks))
+	dsts := make([][]byte, len(mb.chunks))
+	for k, ci := range mb.chunks {
+		c := &l.chunks[ci]
+		var d digest.Digest
+		if c.HasDigest() {
+			d = c.digest()
+		} else if !l.allowUnverified {
+			return nil, fmt.Errorf("%w: member at %d", ErrUnverifiable, mb.off)
+		}
+		cs[k] = format.Chunk{Offset: mb.off, End: mb.off + int64(mb.clen), InnerOffset: int64(c.Inner), Size: int64(c.Size), Digest: d}
+		dsts[k] = make([]byte, c.Size)
+	}
+	if err := l.s.dec.DecodeChunks(l.kind, src, cs, dsts); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	return dsts, nil
+}
+
+// finish hands a job's results to its flights' readers, then stores the
+// chunks and retires the flights.
+func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
+	l.mu.Lock()
+	flights := make([]*flight, len(j.members))
+	for i, m := range j.members {
+		flights[i] = l.flights[m]
+	}
+	if err != nil {
+		l.err = err
+	}
+	l.mu.Unlock()
+	for i, m := range j.members {
+		f := flights[i]
+		if d, ok := data[m]; ok {
+			f.data = d
+			for k, ci := range l.members[m].chunks {
+				l.s.mem.put(l, int(ci), d[k])
+			}
+		} else {
+			f.err = err
+			if f.err == nil {
+				f.err = ErrClosed
+			}
+		}
+		close(f.done)
+	}
+	for _, m := range j.members {
+		d, ok := data[m]
+		if !ok {
+			continue
+		}
+		for k, ci := range l.members[m].chunks {
+			if c := &l.chunks[ci]; c.HasDigest() {
+				if err := l.s.store.Put(c.digest(), d[k]); err != nil {
+					l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
+				}
+			}
+		}
+	}
+	l.mu.Lock()
+	for i, m := range j.members {
+		if l.flights[m] == flights[i] {
+			delete(l.flights, m)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// Prefetch queues, at prefetch priority, every member that starts before
+// upTo (the prefetch landmark's offset) and is not yet present.
+func (l *Layer) Prefetch(upTo int64) {
+	l.queueMissing(func(m *member) bool { return m.off < upTo }, Prefetch)
+}
+
+// Background queues every member not yet present at background priority:
+// it runs only while no on-demand reads happen.
+func (l *Layer) Background() {
+	l.queueMissing(func(*member) bool { return true }, Background)
+}
+
+func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
+	var cis []int
+	for mi := range l.members {
+		m := &l.members[mi]
+		if !want(m) {
+			continue
+		}
+		for _, ci := range m.chunks {
+			c := &l.chunks[ci]
+			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
+				cis = append(cis, int(ci))
+				break
+			}
+		}
+	}
+	if len(cis) > 0 {
+		l.ensure(cis, prio)
+	}
+}
+
+// Missing returns the number of members not in the store.
+func (l *Layer) Missing() int {
+	n := 0
+	for mi := range l.members {
+		for _, ci := range l.members[mi].chunks {
+			c := &l.chunks[ci]
+			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// DigestOf renders a chunk digest as an OCI digest.
+func DigestOf(sum [32]byte) digest.Digest {
+	return digest.Digest("sha256:" + hex.EncodeToString(sum[:]))
+}
+
+// ParseDigest converts a sha256 digest to the Chunk form.
+func ParseDigest(d digest.Digest) ([32]byte, error) {
+	var sum [32]byte
+	if d.Algorithm() != digest.SHA256 {
+		return sum, fmt.Errorf("fetch: digest %q is not sha256", d)
+	}
+	if err := d.Validate(); err != nil {
+		return sum, fmt.Errorf("fetch: %w", err)
+	}
+	if _, err := hex.Decode(sum[:], []byte(d.Encoded())); err != nil {
+		return sum, fmt.Errorf("fetch: %w", err)
+	}
+	return sum, nil
+}

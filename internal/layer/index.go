@@ -1,0 +1,439 @@
+package layer
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"nibble.dev/nibble/internal/fetch"
+	"nibble.dev/nibble/internal/format"
+)
+
+// NodeID names a node of a layer: its index in the node table. The root
+// is 0. IDs are a pure function of the TOC, so they are the same in every
+// process that opens the layer.
+type NodeID uint32
+
+// Root is the layer's root directory.
+const Root NodeID = 0
+
+// Names with a meaning to overlayfs (see DESIGN.md, "Overlayfs semantics").
+const (
+	WhiteoutPrefix = ".wh."
+	OpaqueMarker   = ".wh..wh..opq"
+)
+
+// Node flags.
+const (
+	// FlagImplied marks a directory that the layer implies without an
+	// entry of its own: its attributes are defaults.
+	FlagImplied uint32 = 1 << iota
+)
+
+// node is one file, directory, link or device: 56 bytes.
+type node struct {
+	parent uint32
+	mode   uint32 // st_mode: type and permission bits
+	uid    uint32
+	gid    uint32
+	nlink  uint32
+	// first and count: a directory's dirents, a regular file's chunks, a
+	// symlink's target in the string table.
+	first uint32
+	count uint32
+	rdev  uint32
+	xattr uint32 // 1 + index into Index.xattrs; 0 for none
+	flags uint32
+	size  int64
+	mtime int64
+}
+
+// dirent is one name in a directory: 12 bytes.
+type dirent struct {
+	name    uint32 // offset into Index.strs
+	nameLen uint32
+	node    uint32
+}
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value []byte
+}
+
+// Index is the compact, immutable metadata of a layer (DESIGN.md,
+// decision 3): nodes in one slice, names in one string table, each
+// directory's entries sorted by name. It is safe for concurrent use.
+type Index struct {
+	strs    []byte
+	nodes   []node
+	dirents []dirent
+	chunks  []fetch.Chunk
+	xattrs  [][]Xattr
+	// prefetchEnd is the offset of the prefetch landmark; 0 with the
+	// no-prefetch landmark; -1 without a landmark.
+	prefetchEnd int64
+	// Neutralized counts entries dropped because they could not be
+	// served safely (dangling or directory hard links).
+	neutralized int
+}
+
+// Attr holds a node's attributes.
+type Attr struct {
+	Mode     uint32 // st_mode
+	UID, GID uint32
+	Size     int64
+	ModTime  int64 // seconds since the epoch
+	Nlink    uint32
+	Major    uint32
+	Minor    uint32
+	Flags    uint32
+}
+
+// IsDir reports whether the node is a directory.
+func (a Attr) IsDir() bool { return a.Mode&syscall.S_IFMT == syscall.S_IFDIR }
+
+// IsRegular reports whether the node is a regular file.
+func (a Attr) IsRegular() bool { return a.Mode&syscall.S_IFMT == syscall.S_IFREG }
+
+// Len returns the number of nodes, reachable or not.
+func (x *Index) Len() int { return len(x.nodes) }
+
+// Attr returns the attributes of node id.
+func (x *Index) Attr(id NodeID) Attr {
+	n := &x.nodes[id]
+	return Attr{
+		Mode: n.mode, UID: n.uid, GID: n.gid, Size: n.size, ModTime: n.mtime,
+		Nlink: n.nlink, Major: n.rdev >> 20, Minor: n.rdev & (1<<20 - 1), Flags: n.flags,
+	}
+}
+
+// Parent returns the parent directory of a directory (the root's is itself).
+func (x *Index) Parent(id NodeID) NodeID { return NodeID(x.nodes[id].parent) }
+
+// Link returns a symlink's target.
+func (x *Index) Link(id NodeID) string {
+	n := &x.nodes[id]
+	if n.mode&syscall.S_IFMT != syscall.S_IFLNK {
+		return ""
+	}
+	return string(x.strs[n.first : n.first+n.count])
+}
+
+// Xattrs returns the node's extended attributes (trusted.overlay.* from
+// the image are never among them).
+func (x *Index) Xattrs(id NodeID) []Xattr {
+	if i := x.nodes[id].xattr; i > 0 {
+		return x.xattrs[i-1]
+	}
+	return nil
+}
+
+// NumChildren returns the number of entries of a directory.
+func (x *Index) NumChildren(id NodeID) int {
+	n := &x.nodes[id]
+	if n.mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return 0
+	}
+	return int(n.count)
+}
+
+// Child returns the i-th entry of a directory, in name order.
+func (x *Index) Child(dir NodeID, i int) (string, NodeID) {
+	d := &x.dirents[x.nodes[dir].first+uint32(i)]
+	return x.name(d), NodeID(d.node)
+}
+
+func (x *Index) name(d *dirent) string {
+	return string(x.strs[d.name : d.name+d.nameLen])
+}
+
+// Lookup finds name in directory dir.
+func (x *Index) Lookup(dir NodeID, name string) (NodeID, bool) {
+	n := &x.nodes[dir]
+	if n.mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return 0, false
+	}
+	ds := x.dirents[n.first : n.first+n.count]
+	i, ok := slices.BinarySearchFunc(ds, name, func(d dirent, name string) int {
+		return strings.Compare(string(x.strs[d.name:d.name+d.nameLen]), name)
+	})
+	if !ok {
+		return 0, false
+	}
+	return NodeID(ds[i].node), true
+}
+
+// LookupPath resolves a slash-separated path from the root without
+// following symlinks.
+func (x *Index) LookupPath(p string) (NodeID, bool) {
+	p, err := format.CleanName(p)
+	if err != nil {
+		return 0, false
+	}
+	id := Root
+	for p != "" {
+		var name string
+		name, p, _ = strings.Cut(p, "/")
+		var ok bool
+		if id, ok = x.Lookup(id, name); !ok {
+			return 0, false
+		}
+	}
+	return id, true
+}
+
+// Chunks returns the range of a regular file's chunks in the chunk table.
+func (x *Index) Chunks(id NodeID) (first, n int) {
+	nd := &x.nodes[id]
+	if nd.mode&syscall.S_IFMT != syscall.S_IFREG {
+		return 0, 0
+	}
+	return int(nd.first), int(nd.count)
+}
+
+// PrefetchEnd returns the offset up to which the layer asks to be
+// prefetched: 0 for none, and ok false when it has no landmark.
+func (x *Index) PrefetchEnd() (end int64, ok bool) {
+	if x.prefetchEnd < 0 {
+		return 0, false
+	}
+	return x.prefetchEnd, true
+}
+
+// Neutralized returns how many entries were dropped as unsafe.
+func (x *Index) Neutralized() int { return x.neutralized }
+
+// buildIndex turns a validated TOC into an Index.
+func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
+	b := &indexBuilder{
+		x:      &Index{prefetchEnd: -1},
+		paths:  map[string]uint32{"": 0},
+		strIDs: map[string]uint32{},
+		xIDs:   map[string]uint32{},
+	}
+	b.x.nodes = append(b.x.nodes, node{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	for i := range toc.Entries {
+		if err := b.add(i, &toc.Entries[i], lay); err != nil {
+			return nil, err
+		}
+	}
+	b.link()
+	return b.x, nil
+}
+
+type indexBuilder struct {
+	x      *Index
+	paths  map[string]uint32 // cleaned path → node; the last entry wins
+	strIDs map[string]uint32 // interned strings → offset
+	xIDs   map[string]uint32 // xattr set key → 1 + index
+}
+
+func (b *indexBuilder) intern(s string) uint32 {
+	if off, ok := b.strIDs[s]; ok {
+		return off
+	}
+	off := uint32(len(b.x.strs))
+	b.x.strs = append(b.x.strs, s...)
+	b.strIDs[s] = off
+	return off
+}
+
+func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
+	if e.Type == format.TypeChunk {
+		return nil
+	}
+	name := e.Name
+	switch name {
+	case format.PrefetchLandmark:
+		if cs := lay.FileChunks(i); len(cs) > 0 {
+			b.x.prefetchEnd = cs[0].Offset
+		}
+		return nil
+	case format.NoPrefetchLandmark:
+		b.x.prefetchEnd = 0
+		return nil
+	case format.TOCTarName:
+		return nil
+	}
+	if name == "" {
+		if e.Type == format.TypeDir {
+			b.setAttrs(0, e)
+			b.x.nodes[0].flags &^= FlagImplied
+		}
+		return nil
+	}
+	parent := b.dir(path.Dir(name))
+	if e.Type == format.TypeHardlink {
+		target, err := format.CleanName(e.LinkName)
+		id, ok := b.paths[target]
+		if err != nil || !ok || b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+			b.x.neutralized++
+			return nil
+		}
+		b.paths[name] = id
+		return nil
+	}
+	if e.Type == format.TypeDir {
+		if id, ok := b.paths[name]; ok && b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+			b.setAttrs(id, e)
+			b.x.nodes[id].flags &^= FlagImplied
+			return nil
+		}
+	}
+	id := uint32(len(b.x.nodes))
+	b.x.nodes = append(b.x.nodes, node{parent: parent})
+	b.setAttrs(id, e)
+	n := &b.x.nodes[id]
+	switch e.Type {
+	case format.TypeDir:
+		n.mode |= syscall.S_IFDIR
+	case format.TypeReg:
+		n.mode |= syscall.S_IFREG
+		n.size = e.Size
+		if err := b.addChunks(id, lay.FileChunks(i)); err != nil {
+			return fmt.Errorf("layer: %q: %w", name, err)
+		}
+	case format.TypeSymlink:
+		n.mode |= syscall.S_IFLNK
+		n.first = b.intern(e.LinkName)
+		n.count = uint32(len(e.LinkName))
+		n.size = int64(len(e.LinkName))
+	case format.TypeChar:
+		n.mode |= syscall.S_IFCHR
+		n.rdev = uint32(e.DevMajor)<<20 | uint32(e.DevMinor)&(1<<20-1)
+	case format.TypeBlock:
+		n.mode |= syscall.S_IFBLK
+		n.rdev = uint32(e.DevMajor)<<20 | uint32(e.DevMinor)&(1<<20-1)
+	case format.TypeFifo:
+		n.mode |= syscall.S_IFIFO
+	default:
+		return fmt.Errorf("layer: %q: unknown type %q", name, e.Type)
+	}
+	b.paths[name] = id
+	return nil
+}
+
+// dir returns the directory node at p, creating implied directories (and
+// replacing a non-directory in the way, as an extractor would).
+func (b *indexBuilder) dir(p string) uint32 {
+	if p == "." || p == "" {
+		return 0
+	}
+	if id, ok := b.paths[p]; ok && b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		return id
+	}
+	parent := b.dir(path.Dir(p))
+	id := uint32(len(b.x.nodes))
+	b.x.nodes = append(b.x.nodes, node{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	b.paths[p] = id
+	return id
+}
+
+func (b *indexBuilder) setAttrs(id uint32, e *format.Entry) {
+	n := &b.x.nodes[id]
+	n.mode = n.mode&syscall.S_IFMT | uint32(e.Mode)&0o7777
+	n.uid, n.gid = uint32(e.UID), uint32(e.GID)
+	n.mtime = 0
+	if e.ModTime3339 != "" {
+		if t, err := time.Parse(time.RFC3339, e.ModTime3339); err == nil {
+			n.mtime = t.Unix()
+		}
+	}
+	n.xattr = b.xattrSet(e.Xattrs)
+}
+
+func (b *indexBuilder) xattrSet(xs map[string][]byte) uint32 {
+	var set []Xattr
+	for k, v := range xs {
+		if strings.HasPrefix(k, "trusted.overlay.") {
+			continue
+		}
+		set = append(set, Xattr{Name: k, Value: v})
+	}
+	if len(set) == 0 {
+		return 0
+	}
+	slices.SortFunc(set, func(a, b Xattr) int { return strings.Compare(a.Name, b.Name) })
+	var key strings.Builder
+	for _, x := range set {
+		fmt.Fprintf(&key, "%d:%s=%d:%s;", len(x.Name), x.Name, len(x.Value), x.Value)
+	}
+	if id, ok := b.xIDs[key.String()]; ok {
+		return id
+	}
+	b.x.xattrs = append(b.x.xattrs, set)
+	id := uint32(len(b.x.xattrs))
+	b.xIDs[key.String()] = id
+	return id
+}
+
+const maxU32 = 1<<32 - 1
+
+func (b *indexBuilder) addChunks(id uint32, cs []format.Chunk) error {
+	n := &b.x.nodes[id]
+	n.first = uint32(len(b.x.chunks))
+	n.count = uint32(len(cs))
+	for _, c := range cs {
+		clen := c.End - c.Offset
+		if clen > maxU32 || c.InnerOffset > maxU32 || c.Size > maxU32 {
+			return fmt.Errorf("chunk at %d too large to serve lazily (%d compressed, %d bytes)", c.Offset, clen, c.Size)
+		}
+		fc := fetch.Chunk{Off: c.Offset, CLen: uint32(clen), Inner: uint32(c.InnerOffset), FileOff: c.FileOffset, Size: uint32(c.Size)}
+		if c.Digest != "" {
+			sum, err := fetch.ParseDigest(c.Digest)
+			if err != nil {
+				return err
+			}
+			fc.Digest = sum
+		}
+		b.x.chunks = append(b.x.chunks, fc)
+	}
+	return nil
+}
+
+// link turns the path map into sorted directory entries and link counts.
+func (b *indexBuilder) link() {
+	x := b.x
+	children := make([][]dirent, len(x.nodes))
+	for p, id := range b.paths {
+		if p == "" {
+			continue
+		}
+		dir, base := path.Split(p)
+		pid, ok := b.paths[strings.TrimSuffix(dir, "/")]
+		if !ok || x.nodes[pid].mode&syscall.S_IFMT != syscall.S_IFDIR {
+			continue
+		}
+		children[pid] = append(children[pid], dirent{name: b.intern(base), nameLen: uint32(len(base)), node: id})
+	}
+	// Reachable nodes only: a replaced directory's old contents are not.
+	for i := range x.nodes {
+		x.nodes[i].nlink = 0
+	}
+	var walk func(id uint32)
+	walk = func(id uint32) {
+		n := &x.nodes[id]
+		ds := children[id]
+		slices.SortFunc(ds, func(a, c dirent) int {
+			return strings.Compare(string(x.strs[a.name:a.name+a.nameLen]), string(x.strs[c.name:c.name+c.nameLen]))
+		})
+		n.first, n.count = uint32(len(x.dirents)), uint32(len(ds))
+		x.dirents = append(x.dirents, ds...)
+		n.nlink = 2
+		for _, d := range ds {
+			c := &x.nodes[d.node]
+			if c.mode&syscall.S_IFMT == syscall.S_IFDIR {
+				n.nlink++
+				c.parent = id
+				walk(d.node)
+				continue
+			}
+			c.nlink++
+		}
+	}
+	walk(0)
+}

@@ -1,0 +1,168 @@
+// Package layer opens one seekable layer: it reads the footer and the
+// TOC, checks the TOC against the layer's digest annotation, builds the
+// compact index (DESIGN.md, decision 3), and reads files' bytes through
+// the fetch scheduler.
+package layer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"nibble.dev/nibble/internal/fetch"
+	"nibble.dev/nibble/internal/format"
+)
+
+// Desc describes the layer blob to open.
+type Desc struct {
+	Digest      digest.Digest
+	Size        int64
+	Annotations map[string]string
+}
+
+// Errors.
+var (
+	// ErrNotSeekable reports a layer that is not in a seekable format
+	// (no footer nibble can read): it can only be fetched whole.
+	ErrNotSeekable = errors.New("layer: not a seekable layer")
+	// ErrUnverifiable reports a layer whose chunks carry no digests (legacy
+	// stargz), refused unless AllowUnverified.
+	ErrUnverifiable = errors.New("layer: chunks carry no digests")
+)
+
+// Option configures Open.
+type Option func(*config)
+
+type config struct {
+	allowNoTOCDigest bool
+	allowUnverified  bool
+	limits           format.Limits
+}
+
+// AllowNoTOCDigest opens a layer whose descriptor has no TOC digest
+// annotation; its TOC is then trusted as found. Off by default.
+func AllowNoTOCDigest() Option { return func(c *config) { c.allowNoTOCDigest = true } }
+
+// AllowUnverified opens a layer whose chunks have no digests and serves
+// them unverified. Off by default.
+func AllowUnverified() Option { return func(c *config) { c.allowUnverified = true } }
+
+// WithLimits bounds what decoding the TOC may use.
+func WithLimits(l format.Limits) Option { return func(c *config) { c.limits = l } }
+
+// Layer is an open layer.
+type Layer struct {
+	Desc  Desc
+	Kind  format.Kind
+	Index *Index
+	// TOCDigest is the digest of the layer's TOC JSON.
+	TOCDigest digest.Digest
+	// TOCBytes is the compressed size of footer and TOC, fetched at open.
+	TOCBytes int64
+	// DataEnd is where the file members end (the TOC's offset).
+	DataEnd int64
+
+	fetch *fetch.Layer
+}
+
+// Open reads the footer and TOC of the blob src and indexes the layer.
+func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opts ...Option) (*Layer, error) {
+	cfg := config{limits: format.DefaultLimits()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	annotated := false
+	for _, k := range []string{format.TOCDigestAnnotation, format.ZstdChunkedManifestChecksumAnnotation, format.PodmanManifestChecksumAnnotation} {
+		annotated = annotated || d.Annotations[k] != ""
+	}
+	if !annotated && !cfg.allowNoTOCDigest {
+		return nil, fmt.Errorf("layer %s: %w: no TOC digest annotation", d.Digest, ErrNotSeekable)
+	}
+	tailLen := min(int64(format.MaxFooterSize), d.Size)
+	if tailLen <= 0 {
+		return nil, fmt.Errorf("layer %s: %w: empty blob", d.Digest, ErrNotSeekable)
+	}
+	bufs, err := src.ReadRanges(ctx, []fetch.Range{{Off: d.Size - tailLen, Len: tailLen}})
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: reading footer: %w", d.Digest, err)
+	}
+	f, err := format.ParseFooter(bufs[0], d.Size)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w: %w", d.Digest, ErrNotSeekable, err)
+	}
+	tocEnd := f.TOCOffset + f.TOCLength
+	if f.TOCLength == 0 {
+		tocEnd = d.Size - f.Size
+	}
+	tocLen := tocEnd - f.TOCOffset
+	if limit := cfg.limits.MaxTOCCompressed; limit > 0 && tocLen > limit {
+		return nil, fmt.Errorf("layer %s: %w: TOC of %d bytes", d.Digest, format.ErrTooLarge, tocLen)
+	}
+	bufs, err = src.ReadRanges(ctx, []fetch.Range{{Off: f.TOCOffset, Len: tocLen}})
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: reading TOC: %w", d.Digest, err)
+	}
+	toc, jsonDigest, err := format.DecodeTOC(f, bufs[0], cfg.limits)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	}
+	if err := format.VerifyTOC(d.Annotations, bufs[0], jsonDigest); err != nil &&
+		!(errors.Is(err, format.ErrNoTOCDigest) && cfg.allowNoTOCDigest) {
+		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	}
+	lay, err := format.Validate(toc, f, cfg.limits)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	}
+	if lay.Undigested > 0 && !cfg.allowUnverified {
+		return nil, fmt.Errorf("layer %s: %w (%d chunks)", d.Digest, ErrUnverifiable, lay.Undigested)
+	}
+	x, err := buildIndex(toc, lay)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	}
+	var fopts []fetch.LayerOption
+	if cfg.allowUnverified {
+		fopts = append(fopts, fetch.AllowUnverified())
+	}
+	fl, err := s.Layer(src, f.Kind, x.chunks, fopts...)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	}
+	return &Layer{
+		Desc: d, Kind: f.Kind, Index: x, TOCDigest: jsonDigest,
+		TOCBytes: tailLen + tocLen, DataEnd: f.DataEnd(), fetch: fl,
+	}, nil
+}
+
+// ReadAt reads a regular file's bytes at off. It returns io.EOF with fewer
+// bytes at the end of the file.
+func (l *Layer) ReadAt(ctx context.Context, id NodeID, p []byte, off int64) (int, error) {
+	a := l.Index.Attr(id)
+	if !a.IsRegular() {
+		return 0, fmt.Errorf("layer %s: node %d is not a regular file", l.Desc.Digest, id)
+	}
+	first, n := l.Index.Chunks(id)
+	return l.fetch.ReadAt(ctx, first, n, a.Size, p, off)
+}
+
+// Prefetch queues the layer's prefetch region, if its landmark names one.
+func (l *Layer) Prefetch() {
+	if end, ok := l.Index.PrefetchEnd(); ok && end > 0 {
+		l.fetch.Prefetch(end)
+	}
+}
+
+// Background queues the rest of the layer for background fetching.
+func (l *Layer) Background() { l.fetch.Background() }
+
+// Stats returns the layer's fetch counters.
+func (l *Layer) Stats() fetch.Stats { return l.fetch.Stats() }
+
+// Missing returns the number of members not yet in the store.
+func (l *Layer) Missing() int { return l.fetch.Missing() }
+
+// ChunkTable returns the layer's chunk table, which Index.Chunks indexes.
+func (l *Layer) ChunkTable() []fetch.Chunk { return l.Index.chunks }
