@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 )
@@ -194,5 +196,93 @@ func TestDecodeTOCManyEntries(t *testing.T) {
 	}
 	if _, _, err := DecodeTOC(f, c, Limits{MaxEntries: n - 1}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("over the limit: %v", err)
+	}
+}
+
+// rdFuzzLimits keep each fuzz input cheap.
+var rdFuzzLimits = Limits{MaxTOCCompressed: 1 << 20, MaxTOCJSON: 1 << 20, MaxEntries: 1000, MaxNameLen: 256, MaxXattrBytes: 1024, MaxFileSize: 1 << 20}
+
+// rdFuzzSeeds returns small layers of every kind, built by the upstream
+// builder and by hand.
+func rdFuzzSeeds(t testing.TB) [][]byte {
+	files := []rdFile{
+		{"a/one", []byte("1")},
+		{"a/two", []byte("two two two two")},
+		{"b/chunked", rdText(1, 300)},
+		{"b/empty", nil},
+	}
+	tarb := rdTar(t, files)
+	gz, _ := rdUpstreamBlob(t, tarb, estargz.WithChunkSize(100))
+	shared, _ := rdUpstreamBlob(t, tarb, estargz.WithChunkSize(100), estargz.WithMinChunkSize(1000))
+	zs, _ := rdUpstreamBlob(t, tarb, estargz.WithChunkSize(100),
+		estargz.WithCompression(&rdZstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedFastest}, &zstdchunked.Decompressor{}}))
+	podman, _ := rdPodmanBlob(t, files, 100)
+	return [][]byte{gz, shared, zs, rdLegacyBlob(t, gz), podman}
+}
+
+// FuzzDecodeTOC runs the whole read path on a blob: footer, TOC, validation
+// and every chunk. Errors must wrap the package's sentinels; what passes
+// validation must be clean and inside the blob.
+func FuzzDecodeTOC(f *testing.F) {
+	for _, b := range rdFuzzSeeds(f) {
+		f.Add(b)
+	}
+	var dec ChunkDecoder
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		size := int64(len(blob))
+		ft, err := ParseFooter(blob[max(0, len(blob)-MaxFooterSize):], size)
+		if err != nil {
+			return
+		}
+		toc, _, err := DecodeTOC(ft, blob[ft.TOCOffset:ft.TOCOffset+ft.TOCLength], rdFuzzLimits)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("DecodeTOC error %v wraps no sentinel", err)
+			}
+			return
+		}
+		l, err := Validate(toc, ft, rdFuzzLimits)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Validate error %v wraps no sentinel", err)
+			}
+			return
+		}
+		for _, e := range toc.Entries {
+			if strings.HasPrefix(e.Name, "/") || strings.IndexByte(e.Name, 0) >= 0 || e.Name == ".." ||
+				strings.HasPrefix(e.Name, "../") || strings.Contains(e.Name, "/../") || strings.HasSuffix(e.Name, "/..") {
+				t.Fatalf("unclean name %q passed", e.Name)
+			}
+		}
+		for i, c := range l.Chunks {
+			if c.Offset < 0 || c.End <= c.Offset || c.End > ft.DataEnd() || c.Size <= 0 || c.InnerOffset < 0 {
+				t.Fatalf("chunk %d out of bounds: %+v (data end %d)", i, c, ft.DataEnd())
+			}
+			if c.FileOffset+c.Size > toc.Entries[c.Entry].Size {
+				t.Fatalf("chunk %d beyond its file: %+v", i, c)
+			}
+			if c.Size > 1<<16 || c.InnerOffset > 1<<16 {
+				continue // keep each input cheap
+			}
+			dst := make([]byte, c.Size)
+			err := dec.DecodeChunk(ft.Kind, blob[c.Offset:], c, dst)
+			if err != nil && !errors.Is(err, ErrFormat) && !errors.Is(err, ErrDigest) {
+				t.Fatalf("DecodeChunk error %v wraps no sentinel", err)
+			}
+			if err == nil && c.Digest != "" && digest.FromBytes(dst) != c.Digest && c.Digest.Algorithm() == digest.SHA256 {
+				t.Fatalf("chunk %d decoded to bytes that do not match its digest", i)
+			}
+		}
+	})
+}
+
+// TestFuzzSeedsRead checks that every fuzz seed goes the whole read path,
+// so that the fuzzer starts from layers that decode.
+func TestFuzzSeedsRead(t *testing.T) {
+	for i, b := range rdFuzzSeeds(t) {
+		files, _, l, _, _ := rdReadLayer(t, b)
+		if len(files) < 4 || len(l.Chunks) < 5 {
+			t.Errorf("seed %d: %d files, %d chunks", i, len(files), len(l.Chunks))
+		}
 	}
 }
