@@ -101,7 +101,7 @@ func (c *Cache) Get(d digest.Digest, dst []byte) (bool, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return false, ErrClosed
+		return false, fmt.Errorf("%w: get %s", ErrClosed, d)
 	}
 	e := c.entries[k]
 	if e == nil {
@@ -122,7 +122,7 @@ func (c *Cache) Get(d digest.Digest, dst []byte) (bool, error) {
 		return c.getUnverified(d, k, e, p, dst, touch)
 	}
 	if size != int64(len(dst)) {
-		return false, fmt.Errorf("cache: get %s: %w: stored %d bytes, buffer %d", d, ErrSize, size, len(dst))
+		return false, fmt.Errorf("%w: get %s: stored %d bytes, buffer %d", ErrSize, d, size, len(dst))
 	}
 	fd, err := openRead(p)
 	if err != nil {
@@ -180,7 +180,7 @@ func (c *Cache) getUnverified(d digest.Digest, k key, e *entry, p string, dst []
 			return false, nil
 		}
 		c.markVerified(k, e, fi.Size())
-		return false, fmt.Errorf("cache: get %s: %w: stored %d bytes, buffer %d", d, ErrSize, fi.Size(), len(dst))
+		return false, fmt.Errorf("%w: get %s: stored %d bytes, buffer %d", ErrSize, d, fi.Size(), len(dst))
 	}
 	n, err := io.ReadFull(f, dst)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
@@ -281,33 +281,30 @@ func (c *Cache) Put(d digest.Digest, b []byte) error {
 		return fmt.Errorf("cache: put %s: %w", d, err)
 	}
 	if sha256.Sum256(b) != k {
-		return fmt.Errorf("cache: put %s: %w", d, ErrDigest)
+		return fmt.Errorf("%w: put %s", ErrDigest, d)
 	}
-	err = c.store(k, int64(len(b)), func(f *os.File) error {
+	return c.store(d, k, int64(len(b)), func(f *os.File) error {
 		_, err := f.Write(b)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("cache: put %s: %w", d, err)
-	}
-	return nil
 }
 
 // store writes an object of size bytes with write, atomically, and indexes
 // it. write must fail unless it wrote exactly the object with key k.
-func (c *Cache) store(k key, size int64, write func(*os.File) error) error {
+// Errors name the operation and digest d.
+func (c *Cache) store(d digest.Digest, k key, size int64, write func(*os.File) error) error {
 	now := time.Now().UnixNano()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return ErrClosed
+		return fmt.Errorf("%w: put %s", ErrClosed, d)
 	}
 	if e := c.entries[k]; e != nil && e.verified {
 		c.lru.moveToFront(e)
 		c.mu.Unlock()
 		return nil
 	}
-	victims, err := c.reserveLocked(size)
+	victims, err := c.reserveLocked(d, size)
 	if err == nil {
 		c.writers.Add(1)
 	}
@@ -325,7 +322,7 @@ func (c *Cache) store(k key, size int64, write func(*os.File) error) error {
 	if err != nil {
 		c.mu.Unlock()
 		c.writeErrors.Add(1)
-		return err
+		return opError("put", d.String(), err)
 	}
 	if e := c.entries[k]; e != nil {
 		// Written meanwhile by another Put, or found at Open: the file is
@@ -353,13 +350,13 @@ func (c *Cache) store(k key, size int64, write func(*os.File) error) error {
 // reserveLocked makes room for size more bytes, evicting least recently
 // used objects, and reserves it. It returns the paths of the evicted
 // objects, which the caller removes after releasing c.mu.
-func (c *Cache) reserveLocked(size int64) ([]string, error) {
+func (c *Cache) reserveLocked(d digest.Digest, size int64) ([]string, error) {
 	if size > c.maxSize {
-		return nil, fmt.Errorf("%w: %d bytes, cap %d", ErrTooLarge, size, c.maxSize)
+		return nil, fmt.Errorf("%w: put %s: %d bytes, cap %d", ErrTooLarge, d, size, c.maxSize)
 	}
 	victims := c.evictLocked(size)
 	if c.used+c.reserved+size > c.maxSize {
-		return victims, fmt.Errorf("%w: %d bytes, cap %d, %d bytes being written", ErrTooLarge, size, c.maxSize, c.reserved)
+		return victims, fmt.Errorf("%w: put %s: %d bytes, cap %d, %d bytes being written", ErrTooLarge, d, size, c.maxSize, c.reserved)
 	}
 	c.reserved += size
 	return victims, nil
@@ -406,14 +403,13 @@ func (c *Cache) writeFile(k key, write func(*os.File) error) (err error) {
 		}
 	}
 	if err != nil {
-		return classify(err)
+		return err
 	}
 	tmp := f.Name()
 	defer func() {
 		if err != nil {
 			f.Close()
 			os.Remove(tmp)
-			err = classify(err)
 		}
 	}()
 	if err = write(f); err != nil {
@@ -430,12 +426,13 @@ func (c *Cache) writeFile(k key, write func(*os.File) error) (err error) {
 	return os.Rename(tmp, filepath.Join(dir, h))
 }
 
-// classify wraps err with ErrNoSpace if it says the filesystem is full.
-func classify(err error) error {
+// opError wraps err, the failure of op on what: with ErrNoSpace first if
+// it says that the filesystem is full, else with "cache: op what".
+func opError(op, what string, err error) error {
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+		return fmt.Errorf("%w: %s %s: %w", ErrNoSpace, op, what, err)
 	}
-	return err
+	return fmt.Errorf("cache: %s %s: %w", op, what, err)
 }
 
 // Stats returns the cache's counters.

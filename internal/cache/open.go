@@ -30,22 +30,22 @@ func Open(dir string, opts ...Option) (*Cache, error) {
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("cache: open %s: %w", dir, err)
+		return nil, opError("open", dir, err)
 	}
 	objects := filepath.Join(dir, algo)
 	if err := os.MkdirAll(objects, 0o700); err != nil {
-		return nil, fmt.Errorf("cache: open %s: %w", dir, classify(err))
+		return nil, opError("open", dir, err)
 	}
 	maxSize := cfg.maxSize
 	if maxSize == 0 {
 		if maxSize, err = defaultMaxSize(dir); err != nil {
-			return nil, fmt.Errorf("cache: open %s: %w", dir, err)
+			return nil, opError("open", dir, err)
 		}
 	}
 
 	lockFile, exclusive, err := lock(filepath.Join(dir, "lock"))
 	if err != nil {
-		return nil, fmt.Errorf("cache: open %s: %w", dir, err)
+		return nil, opError("open", dir, err)
 	}
 	c := &Cache{
 		dir:      dir,
@@ -67,7 +67,7 @@ func Open(dir string, opts ...Option) (*Cache, error) {
 	}
 	if err != nil {
 		lockFile.Close()
-		return nil, fmt.Errorf("cache: open %s: %w", dir, err)
+		return nil, opError("open", dir, err)
 	}
 	slices.SortFunc(found, func(a, b *entry) int {
 		switch {
@@ -112,7 +112,7 @@ func defaultMaxSize(dir string) (int64, error) {
 func lock(p string) (f *os.File, exclusive bool, err error) {
 	f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, false, classify(err)
+		return nil, false, err
 	}
 	err = flock(f, unix.LOCK_EX|unix.LOCK_NB)
 	if err == nil {
@@ -189,7 +189,7 @@ func scanDir(objects string, i int, clean bool, log *slog.Logger) ([]*entry, int
 	dir := filepath.Join(objects, prefix)
 	d, err := os.Open(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, classify(os.Mkdir(dir, 0o700))
+		return nil, 0, os.Mkdir(dir, 0o700)
 	}
 	if err != nil {
 		return nil, 0, err
