@@ -11,10 +11,11 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/remote"
 )
 
 // Range is a byte range of a blob.
-type Range struct{ Off, Len int64 }
+type Range = remote.Range
 
 // Source reads byte ranges of one blob. ReadRanges gets ranges sorted by
 // offset, non-overlapping, and returns their bytes in order; it retries
@@ -22,6 +23,8 @@ type Range struct{ Off, Len int64 }
 type Source interface {
 	ReadRanges(ctx context.Context, rs []Range) ([][]byte, error)
 }
+
+var _ Source = remote.Blob(nil)
 
 // Store is the node-wide chunk store. Get fills dst (of the chunk's size)
 // and reports whether the chunk was there; Put stores verified bytes. Both
