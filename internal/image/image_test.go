@@ -218,4 +218,3 @@ func TestMergedViewMatchesExtraction(t *testing.T) {
 		t.Errorf("Lookup of a missing path: %v", err)
 	}
 }
-
