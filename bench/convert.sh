@@ -97,22 +97,18 @@ log "building nibble and helpers"
 (cd "$root" && go build -o "$work/nibble" ./cmd/nibble && go build -o "$work/ociinfo" ./bench/ociinfo &&
 	go build -o "$work/buildlayer" ./bench/buildlayer)
 
-now() { date +%s.%N; }
-
-# timed NAME CMD...: runs CMD $runs times (after clean_NAME, if defined) and
-# prints the median wall time in seconds.
+# timed NAME CMD...: runs CMD $runs times and
+# prints "WALL CPU" in seconds (CPU: user + system) of the run with the
+# median wall time.
 timed() {
-	local name=$1 t0 t1 i
+	local name=$1 i TIMEFORMAT='%R %U %S'
 	shift
-	local times=()
+	: >"$work/times.$name"
 	for ((i = 0; i < runs; i++)); do
-		if declare -F "clean_$name" >/dev/null; then "clean_$name"; fi
-		t0=$(now)
-		"$@"
-		t1=$(now)
-		times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+		{ time "$@" 2>&3; } 3>&2 2>>"$work/times.$name"
 	done
-	printf '%s\n' "${times[@]}" | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'
+	awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/times.$name" | sort -n |
+		awk '{ t[NR] = $0 } END { print t[int((NR + 1) / 2)] }'
 }
 
 layer_size() { "$work/ociinfo" "$1" | awk '$1 == "layer" { s += $3 } END { print s }'; }
@@ -121,13 +117,14 @@ manifest_digest() { "$work/ociinfo" "$1" | awk '$1 == "manifest" { print $2 }'; 
 # Warm the page cache so the first timed run does not pay for the disk.
 cat "$rootfs_tar" "$src"/blobs/sha256/* >/dev/null
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 tar_bytes=$(stat -c %s "$rootfs_tar")
 tar_entries=$(tar -tf "$rootfs_tar" | wc -l)
 src_bytes=$(layer_size "$src")
 
 log "gzip -6 ($runs runs)"
 gzip_run() { gzip -6 -c "$rootfs_tar" >"$work/plain.tar.gz"; }
-gzip_time=$(timed gzip gzip_run)
+read -r gzip_time gzip_cpu <<<"$(timed gzip gzip_run)"
 gzip_bytes=$(stat -c %s "$work/plain.tar.gz")
 
 convert_to() { # DIR [FLAGS...]
@@ -139,24 +136,24 @@ convert_to() { # DIR [FLAGS...]
 
 log "format.Build alone ($runs runs)"
 build_run() { "$work/buildlayer" -tar "$rootfs_tar" >"$work/build.out"; }
-build_time=$(timed build build_run)
+read -r build_time build_cpu <<<"$(timed build build_run)"
 build_bytes=$(awk '{ print $2 }' "$work/build.out")
 
 log "nibble convert ($runs runs)"
 gz_run() { convert_to "$work/gz"; }
-gz_time=$(timed gz gz_run)
+read -r gz_time gz_cpu <<<"$(timed gz gz_run)"
 gz_bytes=$(layer_size "$work/gz")
 gz_digest=$(manifest_digest "$work/gz")
 
 log "nibble convert --zstd ($runs runs)"
 zstd_run() { convert_to "$work/zstd" --zstd; }
-zstd_time=$(timed zstd zstd_run)
+read -r zstd_time zstd_cpu <<<"$(timed zstd zstd_run)"
 zstd_bytes=$(layer_size "$work/zstd")
 zstd_digest=$(manifest_digest "$work/zstd")
 
 log "nibble convert with GOMAXPROCS=1 and GOMAXPROCS=2"
 gz1_run() { GOMAXPROCS=1 convert_to "$work/gz1"; }
-gz1_time=$(timed gz1 gz1_run)
+read -r gz1_time gz1_cpu <<<"$(timed gz1 gz1_run)"
 gz1_digest=$(manifest_digest "$work/gz1")
 GOMAXPROCS=2 convert_to "$work/gz2"
 gz2_digest=$(manifest_digest "$work/gz2")
@@ -176,19 +173,20 @@ echo
 echo "nibble convert benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
 echo "machine: $(nproc) CPUs ($cpu), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1e6 }' /proc/meminfo), $(go version | awk '{ print $3 }'), $(uname -r)"
 echo "input:   Debian $suite minbase + python3: tar $(mb "$tar_bytes") MB, $tar_entries entries; source layer (gzip -6) $(mb "$src_bytes") MB"
+echo "load:    $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after (1, 5, 15-minute load averages)"
 echo "times:   median of $runs runs, wall clock; MB/s = uncompressed tar MB (1e6 bytes) per second"
 echo
-printf '%-34s %8s %8s %11s %9s %9s\n' "" "time s" "MB/s" "output MB" "speed" "size"
-row() { # LABEL TIME BYTES
-	printf '%-34s %8.2f %8s %11s %8sx %9s\n' "$1" "$2" "$(mbps "$2")" "$(mb "$3")" \
-		"$(ratio "$gzip_time" "$2")" "$(ratio "$3" "$gzip_bytes")"
+printf '%-34s %7s %7s %7s %10s %7s %7s\n' "" "wall s" "cpu s" "MB/s" "output MB" "speed" "size"
+row() { # LABEL WALL CPU BYTES
+	printf '%-34s %7.2f %7.2f %7s %10s %6sx %7s\n' "$1" "$2" "$3" "$(mbps "$2")" "$(mb "$4")" \
+		"$(ratio "$gzip_time" "$2")" "$(ratio "$4" "$gzip_bytes")"
 }
-row "gzip -6 (single thread)" "$gzip_time" "$gzip_bytes"
-row "format.Build alone (gzip)" "$build_time" "$build_bytes"
-row "nibble convert (gzip)" "$gz_time" "$gz_bytes"
-row "nibble convert (gzip) GOMAXPROCS=1" "$gz1_time" "$gz_bytes"
-row "nibble convert --zstd" "$zstd_time" "$zstd_bytes"
-echo "(speed: gzip -6 time / time; size: output / gzip -6 output; format.Build alone:"
+row "gzip -6 (single thread)" "$gzip_time" "$gzip_cpu" "$gzip_bytes"
+row "format.Build alone (gzip)" "$build_time" "$build_cpu" "$build_bytes"
+row "nibble convert (gzip)" "$gz_time" "$gz_cpu" "$gz_bytes"
+row "nibble convert (gzip) GOMAXPROCS=1" "$gz1_time" "$gz1_cpu" "$gz_bytes"
+row "nibble convert --zstd" "$zstd_time" "$zstd_cpu" "$zstd_bytes"
+echo "(MB/s and speed from wall time; speed: gzip -6 wall / wall; size: output / gzip -6 output; format.Build alone:"
 echo " the layer encoder in-process on the tar, without reading the source layer or writing a layout)"
 echo
 

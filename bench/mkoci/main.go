@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 func main() {
@@ -40,11 +41,13 @@ func run(tarPath, out, tag, cmd, arch string, level int) error {
 	if _, err := os.Stat(out); err == nil {
 		return fmt.Errorf("layout %s already exists", out)
 	}
-	layer, err := tarball.LayerFromFile(tarPath, tarball.WithCompressionLevel(level))
+	layer, err := tarball.LayerFromFile(tarPath,
+		tarball.WithCompressionLevel(level), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", tarPath, err)
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	img, err := mutate.AppendLayers(base, layer)
 	if err != nil {
 		return fmt.Errorf("append layer: %w", err)
 	}
