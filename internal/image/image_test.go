@@ -20,8 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
-	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/image"
 	"nibble.dev/nibble/internal/imageref"
@@ -138,7 +138,12 @@ func TestMergedViewMatchesExtraction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := fetch.New(new(fetchtest.MapStore))
+	store, err := cache.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	s, err := fetch.New(store)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 
+	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
@@ -38,6 +39,16 @@ func buildLayer(t testing.TB, src []byte, opts ...format.Option) built {
 		t.Fatal(err)
 	}
 	return built{blob: out.Bytes(), desc: layer.Desc{Digest: res.Digest, Size: res.Size, Annotations: res.Annotations}}
+}
+
+func newCache(t testing.TB) *cache.Cache {
+	t.Helper()
+	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func newScheduler(t testing.TB, store fetch.Store, opts ...fetch.Option) *fetch.Scheduler {
@@ -90,7 +101,7 @@ func TestIndexMatchesTar(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := buildLayer(t, src, tt.opts...)
-			s := newScheduler(t, new(fetchtest.MapStore))
+			s := newScheduler(t, newCache(t))
 			l := open(t, s, &fetchtest.MemSource{Blob: b.blob}, b.desc)
 			x := l.Index
 			links := map[string]string{} // hard link name → target
@@ -224,7 +235,7 @@ func manyFiles(t testing.TB, n int) ([]byte, map[string][]byte) {
 func TestConcurrentReadersFetchOnce(t *testing.T) {
 	src, files := manyFiles(t, 200)
 	b := buildLayer(t, src, format.WithChunkSize(64<<10))
-	store := new(fetchtest.MapStore)
+	store := newCache(t)
 	s := newScheduler(t, store, fetch.WithReadAhead(0))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
@@ -299,7 +310,7 @@ func TestCorruptionIsRetriedNeverServed(t *testing.T) {
 		{"always", func(int) bool { return true }, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newScheduler(t, new(fetchtest.MapStore), fetch.WithReadAhead(0))
+			s := newScheduler(t, newCache(t), fetch.WithReadAhead(0))
 			ms := &fetchtest.MemSource{Blob: b.blob}
 			l := open(t, s, ms, b.desc)
 			var mu sync.Mutex
@@ -339,7 +350,7 @@ func TestCorruptionIsRetriedNeverServed(t *testing.T) {
 func TestOpenRefuses(t *testing.T) {
 	src, _ := manyFiles(t, 10)
 	b := buildLayer(t, src)
-	s := newScheduler(t, new(fetchtest.MapStore))
+	s := newScheduler(t, newCache(t))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 
 	bad := b.desc
@@ -371,7 +382,7 @@ func TestOpenRefuses(t *testing.T) {
 func TestBackgroundWaitsForQuiet(t *testing.T) {
 	src, _ := manyFiles(t, 100)
 	b := buildLayer(t, src)
-	store := new(fetchtest.MapStore)
+	store := newCache(t)
 	s := newScheduler(t, store, fetch.WithQuietPeriod(300*time.Millisecond))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)

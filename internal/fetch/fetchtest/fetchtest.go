@@ -1,15 +1,11 @@
 // Package fetchtest holds parts for tests of the read path: a blob source
-// over bytes in memory that counts and can corrupt what it serves, and a
-// chunk store in memory.
+// over bytes in memory that counts and can corrupt what it serves.
 package fetchtest
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"sync"
-
-	digest "github.com/opencontainers/go-digest"
 
 	"nibble.dev/nibble/internal/fetch"
 )
@@ -67,51 +63,4 @@ func (s *MemSource) Reset() {
 	s.mu.Lock()
 	s.requests = nil
 	s.mu.Unlock()
-}
-
-// MapStore is a chunk store in memory that checks what it is given.
-type MapStore struct {
-	mu sync.Mutex
-	m  map[digest.Digest][]byte
-}
-
-// Get implements fetch.Store.
-func (s *MapStore) Get(d digest.Digest, dst []byte) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.m[d]
-	if !ok || len(b) != len(dst) {
-		return false, nil
-	}
-	copy(dst, b)
-	return true, nil
-}
-
-// Put implements fetch.Store.
-func (s *MapStore) Put(d digest.Digest, b []byte) error {
-	if got := fmt.Sprintf("sha256:%x", sha256.Sum256(b)); got != string(d) {
-		return fmt.Errorf("fetchtest: storing %s under %s", got, d)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = make(map[digest.Digest][]byte)
-	}
-	s.m[d] = append([]byte(nil), b...)
-	return nil
-}
-
-// Has implements fetch.Store.
-func (s *MapStore) Has(d digest.Digest) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.m[d]
-	return ok
-}
-
-// Len returns the number of chunks stored.
-func (s *MapStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
 }
