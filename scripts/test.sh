@@ -20,6 +20,11 @@ apt_packages=(
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 export PATH=$PATH:/usr/local/go/bin
+# Go needs a home for its caches; a bare CI environment may not set HOME.
+if [[ -z ${HOME:-} ]]; then
+	HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+	export HOME=${HOME:-/root}
+fi
 export NIBBLE_REQUIRE_SERVICES=1
 timeout=${NIBBLE_TEST_TIMEOUT:-20m}
 
