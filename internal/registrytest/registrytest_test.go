@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -213,5 +214,35 @@ func TestMissingBinary(t *testing.T) {
 	}
 	if _, err := findBinary(notExec); err == nil {
 		t.Fatal("findBinary(not executable) succeeded")
+	}
+}
+
+// TestMissingBinarySkipOrFail runs Start with a missing binary in a child
+// test process: it must skip there unless services are required, and fail
+// when they are.
+func TestMissingBinarySkipOrFail(t *testing.T) {
+	if os.Getenv("REGISTRYTEST_CHILD") == "1" {
+		Start(t, WithBinary("/nonexistent/docker-registry"))
+		t.Fatal("Start returned without a registry")
+	}
+	for _, tc := range []struct {
+		env      []string
+		wantFail bool
+	}{
+		{[]string{"CI=", "NIBBLE_REQUIRE_SERVICES="}, false},
+		{[]string{"CI=true", "NIBBLE_REQUIRE_SERVICES="}, true},
+		{[]string{"CI=", "NIBBLE_REQUIRE_SERVICES=1"}, true},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestMissingBinarySkipOrFail$", "-test.v")
+		cmd.Env = append(os.Environ(), "REGISTRYTEST_CHILD=1")
+		cmd.Env = append(cmd.Env, tc.env...)
+		out, err := cmd.CombinedOutput()
+		failed := err != nil
+		if failed != tc.wantFail {
+			t.Errorf("%v: child failed = %v, want %v; output:\n%s", tc.env, failed, tc.wantFail, out)
+		}
+		if !tc.wantFail && !bytes.Contains(out, []byte("--- SKIP")) {
+			t.Errorf("%v: child did not skip; output:\n%s", tc.env, out)
+		}
 	}
 }
