@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -25,6 +26,9 @@ type budget struct {
 
 func newBudget(p RetryPolicy) *budget { return &budget{p: p} }
 
+// errSpent is wrapped by the errors of a spent budget.
+var errSpent = errors.New("retry budget spent")
+
 // next records a failed attempt and returns how long to wait before the
 // next one; retryAfter is the server's wish, or 0. It returns an error
 // when the budget is spent, and from then on always.
@@ -41,7 +45,7 @@ func (b *budget) next(retryAfter time.Duration) (time.Duration, error) {
 	b.attempts++
 	elapsed := now.Sub(b.start)
 	if b.attempts >= b.p.MaxAttempts {
-		b.spent = fmt.Errorf("gave up after %d attempts in %s", b.attempts, elapsed.Round(time.Millisecond))
+		b.spent = fmt.Errorf("%w: gave up after %d attempts in %s", errSpent, b.attempts, elapsed.Round(time.Millisecond))
 		return 0, b.spent
 	}
 	d := b.p.InitialDelay << (b.attempts - 1)
@@ -54,10 +58,10 @@ func (b *budget) next(retryAfter time.Duration) (time.Duration, error) {
 	}
 	if elapsed+d > b.p.MaxElapsed {
 		if retryAfter >= d {
-			b.spent = fmt.Errorf("gave up after %d attempts in %s: the server asks to wait %s, beyond the retry budget of %s",
-				b.attempts, elapsed.Round(time.Millisecond), retryAfter, b.p.MaxElapsed)
+			b.spent = fmt.Errorf("%w: gave up after %d attempts in %s: the server asks to wait %s, beyond the retry budget of %s",
+				errSpent, b.attempts, elapsed.Round(time.Millisecond), retryAfter, b.p.MaxElapsed)
 		} else {
-			b.spent = fmt.Errorf("gave up after %d attempts in %s (retry budget %s)", b.attempts, elapsed.Round(time.Millisecond), b.p.MaxElapsed)
+			b.spent = fmt.Errorf("%w: gave up after %d attempts in %s (retry budget %s)", errSpent, b.attempts, elapsed.Round(time.Millisecond), b.p.MaxElapsed)
 		}
 		return 0, b.spent
 	}

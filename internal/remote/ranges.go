@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -160,10 +159,11 @@ func eofUnexpected(err error) error {
 
 // readPart fills pieces from one stream that claims to hold the blob's
 // bytes cr.first..cr.last, and checks that it holds exactly that many
-// bytes; when it does not, the pieces it touched lose what it gave them.
-// A 206 body of one range and a part of a multipart/byteranges body are
-// such streams. With keepPrefix, a stream that merely ends early keeps
-// the bytes it gave (a truncated body is a prefix of the right bytes).
+// bytes. A 206 body of one range and a part of a multipart/byteranges body
+// are such streams. A stream that holds more or fewer bytes than it claims
+// is not data: the pieces lose what it gave them. With keepPrefix, a
+// stream that breaks off (a reset, a stall, a connection closed early)
+// keeps the bytes it gave, a prefix of the right ones.
 func readPart(r io.Reader, cr contentRange, pieces []*piece, keepPrefix bool) error {
 	saved := make([]int, len(pieces))
 	for i, p := range pieces {
@@ -174,11 +174,11 @@ func readPart(r io.Reader, cr contentRange, pieces []*piece, keepPrefix bool) er
 	if err == nil {
 		_, err = io.Copy(io.Discard, c)
 	}
+	broken := err != nil
 	if err == nil && c.n != cr.len() {
 		err = fault("%s holds %d bytes, not %d", cr, c.n, cr.len())
 	}
-	if err != nil && !(keepPrefix && errors.Is(err, io.ErrUnexpectedEOF)) {
-		// The stream is not what it claims: none of it is data.
+	if err != nil && !(keepPrefix && broken) {
 		for i, p := range pieces {
 			p.n = saved[i]
 		}

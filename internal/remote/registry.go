@@ -31,8 +31,8 @@ const (
 	maxErrorBody = 64 << 10
 )
 
-// registry reads blobs of one repository.
-type registry struct {
+// repository reads blobs of one repository.
+type repository struct {
 	cfg    *config
 	rt     http.RoundTripper
 	scheme string
@@ -49,7 +49,11 @@ type registry struct {
 
 func openRegistry(ctx context.Context, loc imageref.Location, c *config) (*Image, error) {
 	ref := loc.Ref()
+	scheme := "https"
 	if c.plainHTTP || imageref.IsLoopback(ref.Context().RegistryStr()) {
+		// go-containerregistry tries HTTPS, then HTTP, and remembers which
+		// one answered; requests to the registry host get that scheme.
+		scheme = "http"
 		var err error
 		if ref, err = name.ParseReference(ref.String(), name.Insecure); err != nil {
 			return nil, fmt.Errorf("remote: %s: %w", loc, err)
@@ -69,10 +73,10 @@ func openRegistry(ctx context.Context, loc imageref.Location, c *config) (*Image
 	if err != nil {
 		return nil, fmt.Errorf("remote: %s: %w", loc, classify(err))
 	}
-	r := &registry{
+	r := &repository{
 		cfg:       c,
 		rt:        rt,
-		scheme:    reg.Scheme(),
+		scheme:    scheme,
 		host:      reg.RegistryStr(),
 		repo:      ref.Context().RepositoryStr(),
 		locations: map[digest.Digest]*url.URL{},
@@ -139,14 +143,14 @@ func checkStatus(resp *http.Response) error {
 
 // registryBlob is a blob in a registry.
 type registryBlob struct {
-	r    *registry
+	r    *repository
 	d    digest.Digest
 	size int64
 }
 
 var _ Blob = (*registryBlob)(nil)
 
-func (r *registry) blob(d digest.Digest, size int64) Blob {
+func (r *repository) blob(d digest.Digest, size int64) Blob {
 	return &registryBlob{r: r, d: d, size: size}
 }
 
@@ -167,7 +171,7 @@ func (b *registryBlob) ReadRanges(ctx context.Context, rs []Range) ([][]byte, er
 // read fills pieces of blob d: with multi-range requests where the host
 // is not known to refuse them, then the rest with single-range requests,
 // in parallel.
-func (r *registry) read(ctx context.Context, d digest.Digest, size int64, pieces []*piece) error {
+func (r *repository) read(ctx context.Context, d digest.Digest, size int64, pieces []*piece) error {
 	if len(pieces) > 1 && !r.isSingle(r.hostFor(d)) {
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(r.cfg.parallel)
@@ -193,7 +197,7 @@ func (r *registry) read(ctx context.Context, d digest.Digest, size int64, pieces
 // takes what the answer holds. A fault in the body is not an error: the
 // pieces still missing are read one by one afterwards. Errors that
 // outlived the retry budget, and permanent ones, are.
-func (r *registry) readMulti(ctx context.Context, d digest.Digest, size int64, group []*piece) error {
+func (r *repository) readMulti(ctx context.Context, d digest.Digest, size int64, group []*piece) error {
 	b := newBudget(r.cfg.retry)
 	ctx = withBudget(ctx, b)
 	asked := r.hostFor(d)
@@ -260,7 +264,7 @@ func allDone(pieces []*piece) bool {
 
 // readPiece reads the missing bytes of p, resuming after faults, within
 // the retry budget (renewed when bytes arrive).
-func (r *registry) readPiece(ctx context.Context, d digest.Digest, size int64, p *piece) error {
+func (r *repository) readPiece(ctx context.Context, d digest.Digest, size int64, p *piece) error {
 	b := newBudget(r.cfg.retry)
 	ctx = withBudget(ctx, b)
 	for {
@@ -278,6 +282,9 @@ func (r *registry) readPiece(ctx context.Context, d digest.Digest, size int64, p
 		if !isTransient(ctx, err) {
 			return fmt.Errorf("bytes %d-%d: %w", p.off, p.end()-1, err)
 		}
+		if errors.Is(err, errSpent) {
+			return fmt.Errorf("bytes %d-%d: %w", p.off, p.end()-1, err)
+		}
 		wait, spent := b.next(0)
 		if spent != nil {
 			return fmt.Errorf("bytes %d-%d: %w (%v)", p.off, p.end()-1, err, spent)
@@ -291,7 +298,7 @@ func (r *registry) readPiece(ctx context.Context, d digest.Digest, size int64, p
 }
 
 // readOnce makes one request for the missing bytes of p.
-func (r *registry) readOnce(ctx context.Context, d digest.Digest, size int64, p *piece) error {
+func (r *repository) readOnce(ctx context.Context, d digest.Digest, size int64, p *piece) error {
 	off, last := p.next(), p.end()-1
 	resp, err := r.get(ctx, d, fmt.Sprintf("bytes=%d-%d", off, last))
 	if err != nil {
@@ -328,7 +335,7 @@ func (r *registry) readOnce(ctx context.Context, d digest.Digest, size int64, p 
 // get asks for ranges rng of blob d, at its remembered storage URL, else
 // through the registry, following redirects. It returns a 200 or 206
 // answer, or an error classified by status.
-func (r *registry) get(ctx context.Context, d digest.Digest, rng string) (*http.Response, error) {
+func (r *repository) get(ctx context.Context, d digest.Digest, rng string) (*http.Response, error) {
 	if u := r.location(d); u != nil {
 		resp, err := r.do(ctx, u, rng)
 		if err != nil {
@@ -383,7 +390,7 @@ func isRedirect(code int) bool {
 	return false
 }
 
-func (r *registry) do(ctx context.Context, u *url.URL, rng string) (*http.Response, error) {
+func (r *repository) do(ctx context.Context, u *url.URL, rng string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -392,23 +399,23 @@ func (r *registry) do(ctx context.Context, u *url.URL, rng string) (*http.Respon
 	return r.rt.RoundTrip(req)
 }
 
-func (r *registry) blobURL(d digest.Digest) *url.URL {
+func (r *repository) blobURL(d digest.Digest) *url.URL {
 	return &url.URL{Scheme: r.scheme, Host: r.host, Path: "/v2/" + r.repo + "/blobs/" + d.String()}
 }
 
-func (r *registry) location(d digest.Digest) *url.URL {
+func (r *repository) location(d digest.Digest) *url.URL {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.locations[d]
 }
 
-func (r *registry) remember(d digest.Digest, u *url.URL) {
+func (r *repository) remember(d digest.Digest, u *url.URL) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.locations[d] = u
 }
 
-func (r *registry) forget(d digest.Digest, u *url.URL) {
+func (r *repository) forget(d digest.Digest, u *url.URL) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.locations[d] == u {
@@ -417,20 +424,20 @@ func (r *registry) forget(d digest.Digest, u *url.URL) {
 }
 
 // hostFor is the host the next request for blob d goes to first.
-func (r *registry) hostFor(d digest.Digest) string {
+func (r *repository) hostFor(d digest.Digest) string {
 	if u := r.location(d); u != nil {
 		return u.Host
 	}
 	return r.host
 }
 
-func (r *registry) isSingle(host string) bool {
+func (r *repository) isSingle(host string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.single[host]
 }
 
-func (r *registry) setSingle(ctx context.Context, why string, hosts ...string) {
+func (r *repository) setSingle(ctx context.Context, why string, hosts ...string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, h := range hosts {

@@ -108,7 +108,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if resp != nil {
 				return resp, nil
 			}
-			return nil, fmt.Errorf("%w: %w (%v)", ErrTransient, err, spent)
+			return nil, fmt.Errorf("%w: %w (%w)", ErrTransient, err, spent)
 		}
 		if resp != nil {
 			drain(resp.Body)
