@@ -203,17 +203,19 @@ const maxParts = 4096
 // readMultipart fills pieces from a multipart/byteranges body with the
 // given boundary, for a blob of the given size. Parts may come in any
 // order and may coalesce several pieces; pieces that no part covers stay
-// missing. A malformed body is a transient fault; the parts read before
-// the fault keep their bytes.
+// missing. A part that is not what its Content-Range says is skipped; a
+// body whose framing breaks ends the reading. Either is a transient fault,
+// reported once the body is read; the good parts keep their bytes.
 func readMultipart(body io.Reader, boundary string, size int64, pieces []*piece) error {
 	if boundary == "" {
 		return fault("multipart/byteranges without a boundary")
 	}
 	mr := multipart.NewReader(body, boundary)
+	var first error
 	for i := 0; ; i++ {
 		part, err := mr.NextRawPart()
 		if err == io.EOF {
-			return nil
+			return first
 		}
 		if err != nil {
 			return fault("multipart/byteranges: %w", err)
@@ -222,14 +224,18 @@ func readMultipart(body io.Reader, boundary string, size int64, pieces []*piece)
 			return fault("multipart/byteranges: more than %d parts", maxParts)
 		}
 		cr, err := parseContentRange(part.Header.Get("Content-Range"))
-		if err != nil {
-			return fault("multipart/byteranges part %d: %w", i, err)
+		switch {
+		case err != nil:
+			err = fault("multipart/byteranges part %d: %w", i, err)
+		case (cr.size >= 0 && cr.size != size) || cr.last >= size:
+			err = fault("multipart/byteranges part %d: %s does not fit the blob's %d bytes", i, cr, size)
+		default:
+			if err = readPart(part, cr, pieces, false); err != nil {
+				err = fault("multipart/byteranges part %d (%s): %w", i, cr, err)
+			}
 		}
-		if (cr.size >= 0 && cr.size != size) || cr.last >= size {
-			return fault("multipart/byteranges part %d: %s does not fit the blob's %d bytes", i, cr, size)
-		}
-		if err := readPart(part, cr, pieces, false); err != nil {
-			return fault("multipart/byteranges part %d (%s): %w", i, cr, err)
+		if first == nil {
+			first = err
 		}
 	}
 }
