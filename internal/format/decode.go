@@ -84,6 +84,20 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// CheckFooter tells whether the TOC that f points at is within l, so
+// that a caller can refuse it before fetching it. DecodeTOC checks the
+// same again.
+func (l Limits) CheckFooter(f Footer) error {
+	l = l.withDefaults()
+	if f.TOCLength > l.MaxTOCCompressed {
+		return fmt.Errorf("%w: compressed TOC of %d bytes exceeds %d", ErrTooLarge, f.TOCLength, l.MaxTOCCompressed)
+	}
+	if f.TOCUncompressedLength > l.MaxTOCJSON {
+		return fmt.Errorf("%w: TOC JSON of %d bytes exceeds %d", ErrTooLarge, f.TOCUncompressedLength, l.MaxTOCJSON)
+	}
+	return nil
+}
+
 // zstdMaxWindow bounds the window (and so the memory) a zstd frame may
 // ask a decoder for. eStargz and zstd:chunked writers use windows of a
 // few MiB at most.
@@ -111,6 +125,9 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 	}
 	if int64(len(compressed)) > lim.MaxTOCCompressed {
 		return nil, "", fmt.Errorf("%w: compressed TOC of %d bytes exceeds %d", ErrTooLarge, len(compressed), lim.MaxTOCCompressed)
+	}
+	if err := lim.CheckFooter(f); err != nil {
+		return nil, "", err
 	}
 	if f.TOCLength > 0 && int64(len(compressed)) < f.TOCLength {
 		return nil, "", fmt.Errorf("%w: TOC: got %d bytes, footer says %d", ErrFormat, len(compressed), f.TOCLength)

@@ -118,6 +118,15 @@ func TestDecodeTOCRegion(t *testing.T) {
 	if _, _, err := DecodeTOC(f, c, Limits{MaxTOCCompressed: int64(len(c)) - 1}); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("compressed limit: %v", err)
 	}
+	if err := (Limits{MaxTOCCompressed: f.TOCLength - 1}).CheckFooter(f); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("CheckFooter: %v", err)
+	}
+	if err := (Limits{}).CheckFooter(Footer{TOCLength: 1, TOCUncompressedLength: DefaultMaxTOCJSON + 1}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("CheckFooter JSON: %v", err)
+	}
+	if err := (Limits{}).CheckFooter(f); err != nil {
+		t.Errorf("CheckFooter: %v", err)
+	}
 	corrupt := append([]byte{}, c...)
 	corrupt[len(corrupt)/2] ^= 0xff
 	if _, _, err := DecodeTOC(f, corrupt, Limits{}); !errors.Is(err, ErrFormat) {
