@@ -159,9 +159,6 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 		}
 		r, size = tr, h.Size
 	case KindZstdChunked, KindZstdChunkedPodman:
-		if f.TOCUncompressedLength > lim.MaxTOCJSON {
-			return nil, "", fmt.Errorf("%w: TOC JSON of %d bytes exceeds %d", ErrTooLarge, f.TOCUncompressedLength, lim.MaxTOCJSON)
-		}
 		zr, err := zstd.NewReader(bytes.NewReader(compressed),
 			zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err != nil {
