@@ -81,7 +81,7 @@ type bucket struct {
 }
 
 // burstFor is how far senders may run ahead of the link.
-const burstFor = 5 * time.Millisecond
+const burstFor = 20 * time.Millisecond
 
 func newBucket(r Rate) *bucket {
 	if r <= 0 {
