@@ -397,7 +397,7 @@ func (c *Cache) writeFile(k key, write func(*os.File) error) (err error) {
 	dir := filepath.Join(c.objects, h[:2])
 	f, err := os.CreateTemp(dir, tempPrefix+h[:8]+"-*")
 	if errors.Is(err, os.ErrNotExist) {
-		// The fan-out directory was removed under us: make it again.
+		// The first object of its fan-out directory.
 		if err = os.MkdirAll(dir, 0o700); err == nil {
 			f, err = os.CreateTemp(dir, tempPrefix+h[:8]+"-*")
 		}

@@ -385,6 +385,7 @@ func TestOpenRemovesTemporaries(t *testing.T) {
 		filepath.Join(dir, algo, "ff", tempPrefix+"x"),
 	}
 	for _, p := range temps {
+		os.MkdirAll(filepath.Dir(p), 0o700)
 		if err := os.WriteFile(p, b[:100], 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -397,13 +398,16 @@ func TestOpenRemovesTemporaries(t *testing.T) {
 	// object, are not indexed.
 	_, d2 := chunk(2, 10)
 	misplaced := filepath.Join(dir, algo, nextFan(d2.Encoded()[:2]), d2.Encoded())
+	os.MkdirAll(filepath.Dir(misplaced), 0o700)
 	if err := os.WriteFile(misplaced, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	b3, d3 := chunk(3, 10)
 	target := filepath.Join(t.TempDir(), "target")
 	os.WriteFile(target, b3, 0o600)
-	if err := os.Symlink(target, filepath.Join(dir, algo, d3.Encoded()[:2], d3.Encoded())); err != nil {
+	link := filepath.Join(dir, algo, d3.Encoded()[:2], d3.Encoded())
+	os.MkdirAll(filepath.Dir(link), 0o700)
+	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
 
@@ -438,6 +442,7 @@ func TestOpenSharedKeepsTemporaries(t *testing.T) {
 	dir := t.TempDir()
 	first := open(t, dir)
 	tmp := filepath.Join(dir, algo, "00", tempPrefix+"in-progress")
+	os.MkdirAll(filepath.Dir(tmp), 0o700)
 	if err := os.WriteFile(tmp, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -644,4 +649,19 @@ func TestSync(t *testing.T) {
 	if got := sha256.Sum256(b); digest.NewDigestFromBytes(digest.SHA256, got[:]) != d {
 		t.Fatal("test helper digest")
 	}
+}
+
+// TestObjectsDirRemoved: Put makes the directories it needs, even when
+// someone removed them under a running cache.
+func TestObjectsDirRemoved(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir)
+	b, d := chunk(1, 100)
+	if err := os.RemoveAll(filepath.Join(dir, algo)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(d, b); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, c, d, b)
 }

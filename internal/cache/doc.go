@@ -11,8 +11,9 @@
 //	                          fanned out by the first two hex digits
 //	sha256/ab/.tmp-*          a write in progress (or left by a crash)
 //
-// 256 fan-out directories keep each one small: a 10 GiB cache of 64 KiB
-// chunks holds 160k files, about 640 per directory.
+// Up to 256 fan-out directories (each made by the first Put that needs it)
+// keep each one small: a 10 GiB cache of 64 KiB chunks holds 160k files,
+// about 640 per directory.
 //
 // # What the cache guarantees
 //

@@ -147,8 +147,8 @@ func flock(f *os.File, how int) error {
 // scanWorkers is how many fan-out directories Open scans in parallel.
 const scanWorkers = 4
 
-// scan lists the objects under the fan-out directories of objects
-// (creating missing ones) and, when clean is set, removes temporary files.
+// scan lists the objects under the fan-out directories of objects and,
+// when clean is set, removes temporary files.
 // It returns unverified entries stamped with each file's last use.
 func scan(objects string, clean bool, log *slog.Logger) ([]*entry, int, error) {
 	var (
@@ -189,7 +189,7 @@ func scanDir(objects string, i int, clean bool, log *slog.Logger) ([]*entry, int
 	dir := filepath.Join(objects, prefix)
 	d, err := os.Open(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, os.Mkdir(dir, 0o700)
+		return nil, 0, nil // made by the first Put that needs it
 	}
 	if err != nil {
 		return nil, 0, err

@@ -1,0 +1,233 @@
+package cache
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+var benchSizes = []int{64 << 10, 4 << 20}
+
+// benchChunks returns n distinct chunks of size bytes (about 64 MiB in
+// all).
+func benchChunks(size int) ([][]byte, []digest.Digest) {
+	n := max(4, (64<<20)/size)
+	bs := make([][]byte, n)
+	ds := make([]digest.Digest, n)
+	for i := range n {
+		bs[i], ds[i] = chunk(uint64(i), size)
+	}
+	return bs, ds
+}
+
+func sizeName(size int) string {
+	if size >= 1<<20 {
+		return fmt.Sprintf("%dMiB", size>>20)
+	}
+	return fmt.Sprintf("%dKiB", size>>10)
+}
+
+// BenchmarkGet reads verified chunks (the hot path: open, pread, close),
+// from one goroutine and from GOMAXPROCS.
+func BenchmarkGet(b *testing.B) {
+	for _, size := range benchSizes {
+		bs, ds := benchChunks(size)
+		c := open(b, b.TempDir())
+		for i := range bs {
+			if err := c.Put(ds[i], bs[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(sizeName(size), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			dst := make([]byte, size)
+			for i := 0; b.Loop(); i++ {
+				if ok, err := c.Get(ds[i%len(ds)], dst); !ok || err != nil {
+					b.Fatal(ok, err)
+				}
+			}
+		})
+		// The same reads with plain open, pread and close, for comparison.
+		b.Run(sizeName(size)+"/raw-file", func(b *testing.B) {
+			b.SetBytes(int64(size))
+			dst := make([]byte, size)
+			paths := make([]string, len(ds))
+			for i, d := range ds {
+				paths[i] = c.path(mustKey(b, d))
+			}
+			for i := 0; b.Loop(); i++ {
+				f, err := os.Open(paths[i%len(paths)])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.ReadAt(dst, 0); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
+		b.Run(sizeName(size)+"/parallel", func(b *testing.B) {
+			b.SetBytes(int64(size))
+			b.RunParallel(func(pb *testing.PB) {
+				dst := make([]byte, size)
+				for i := 0; pb.Next(); i++ {
+					if ok, err := c.Get(ds[i%len(ds)], dst); !ok || err != nil {
+						b.Error(ok, err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkGetFirstUse reads chunks found at Open: each Get hashes the
+// file once.
+func BenchmarkGetFirstUse(b *testing.B) {
+	for _, size := range benchSizes {
+		bs, ds := benchChunks(size)
+		dir := b.TempDir()
+		c := open(b, dir)
+		for i := range bs {
+			if err := c.Put(ds[i], bs[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Close()
+		b.Run(sizeName(size), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			dst := make([]byte, size)
+			var c *Cache
+			for i := 0; b.Loop(); i++ {
+				if i%len(ds) == 0 {
+					b.StopTimer()
+					if c != nil {
+						c.Close()
+					}
+					c = open(b, dir)
+					b.StartTimer()
+				}
+				if ok, err := c.Get(ds[i%len(ds)], dst); !ok || err != nil {
+					b.Fatal(ok, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPut writes new chunks (sha256, temporary file, write, rename;
+// with and without fsync). Every len(chunks) Puts the cache starts again
+// empty, outside the timer.
+func BenchmarkPut(b *testing.B) {
+	for _, size := range benchSizes {
+		bs, ds := benchChunks(size)
+		for _, sync := range []bool{false, true} {
+			name := sizeName(size)
+			if sync {
+				name += "/fsync"
+			}
+			b.Run(name, func(b *testing.B) {
+				b.SetBytes(int64(size))
+				var c *Cache
+				dir := b.TempDir()
+				for i := 0; b.Loop(); i++ {
+					if i%len(ds) == 0 {
+						b.StopTimer()
+						if c != nil {
+							c.Close()
+						}
+						os.RemoveAll(filepath.Join(dir, algo))
+						var opts []Option
+						if !sync {
+							opts = append(opts, WithoutSync())
+						}
+						var err error
+						if c, err = Open(dir, opts...); err != nil {
+							b.Fatal(err)
+						}
+						b.StartTimer()
+					}
+					if err := c.Put(ds[i%len(ds)], bs[i%len(ds)]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.Close()
+			})
+		}
+	}
+}
+
+// BenchmarkPutRaw writes the same files as BenchmarkPut with plain
+// create, write, close and rename (no hashing, no index, no fsync), for
+// comparison.
+func BenchmarkPutRaw(b *testing.B) {
+	for _, size := range benchSizes {
+		bs, _ := benchChunks(size)
+		b.Run(sizeName(size), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			dir := b.TempDir()
+			for i := 0; b.Loop(); i++ {
+				if i%len(bs) == 0 {
+					b.StopTimer()
+					os.RemoveAll(dir)
+					if err := os.Mkdir(dir, 0o700); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				p := filepath.Join(dir, fmt.Sprint(i))
+				f, err := os.Create(p + ".tmp")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.Write(bs[i%len(bs)]); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+				if err := os.Rename(p+".tmp", p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkOpen opens a cache of 100k objects (names and sizes only).
+func BenchmarkOpen(b *testing.B) {
+	const n = 100_000
+	dir := b.TempDir()
+	c := open(b, dir)
+	for i := range n {
+		bs, d := chunk(uint64(i), 16)
+		if err := c.writeFile(mustKey(b, d), func(f *os.File) error {
+			_, err := f.Write(bs)
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.Close()
+	b.Run("100k", func(b *testing.B) {
+		for b.Loop() {
+			c, err := Open(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if s := c.Stats(); s.Entries != n {
+				b.Fatalf("%d entries, want %d", s.Entries, n)
+			}
+			c.Close()
+		}
+	})
+}
+
+func mustKey(t testing.TB, d digest.Digest) key {
+	k, err := parseDigest(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
