@@ -46,11 +46,14 @@ type streamSource struct {
 	rec      *recorder
 	tr       *tar.Reader
 	progress func(int64)
+	// files holds the names of the non-directories seen so far: a hard
+	// link must name one of them, as extraction in order requires.
+	files map[string]struct{}
 }
 
 func newStreamSource(src io.Reader, progress func(int64)) *streamSource {
 	rec := &recorder{r: bufio.NewReaderSize(src, 1<<20)}
-	return &streamSource{rec: rec, tr: tar.NewReader(rec), progress: progress}
+	return &streamSource{rec: rec, tr: tar.NewReader(rec), progress: progress, files: make(map[string]struct{})}
 }
 
 func (s *streamSource) next() (*srcEntry, error) {
@@ -79,6 +82,17 @@ func (s *streamSource) next() (*srcEntry, error) {
 				return nil, fmt.Errorf("%w: reading tar: %w", ErrInput, err)
 			}
 			continue
+		}
+		if e.hdr.Typeflag == tar.TypeLink {
+			target, _ := CleanName(e.hdr.Linkname)
+			if _, ok := s.files[target]; !ok || target == e.name {
+				return nil, fmt.Errorf("%w: hard link %q: target %q is not an earlier file", ErrInput, e.hdr.Name, e.hdr.Linkname)
+			}
+		}
+		if e.hdr.Typeflag == tar.TypeDir {
+			delete(s.files, e.name)
+		} else {
+			s.files[e.name] = struct{}{}
 		}
 		e.raw = append([]byte(nil), raw...)
 		if e.hdr.Typeflag == tar.TypeReg {
