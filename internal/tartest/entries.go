@@ -144,3 +144,41 @@ func Latest(entries []Entry) map[string]Entry {
 	}
 	return m
 }
+
+// Merge applies layers, bottom first, as overlayfs shows them: in each
+// layer a whiteout ".wh.NAME" deletes NAME (and what lies under it) from
+// the layers below, an opaque marker ".wh..wh..opq" hides everything the
+// layers below hold under its directory, and an entry replaces the one
+// below it. The result maps cleaned names to the entries that show,
+// without whiteouts and markers; implied directories have no entry.
+func Merge(layers ...[]Entry) map[string]Entry {
+	state := map[string]Entry{}
+	under := func(dir string) func(string) bool {
+		return func(name string) bool { return dir == "" || strings.HasPrefix(name, dir+"/") }
+	}
+	for _, layer := range layers {
+		latest := Latest(layer)
+		for name := range latest {
+			dir, base := path.Split(name)
+			dir = strings.TrimSuffix(dir, "/")
+			switch {
+			case base == ".wh..wh..opq":
+				maps.DeleteFunc(state, func(n string, _ Entry) bool { return under(dir)(n) })
+			case strings.HasPrefix(base, ".wh."):
+				gone := path.Join(dir, strings.TrimPrefix(base, ".wh."))
+				maps.DeleteFunc(state, func(n string, _ Entry) bool { return n == gone || under(gone)(n) })
+			}
+		}
+		for name, e := range latest {
+			if base := path.Base(name); strings.HasPrefix(base, ".wh.") || name == "" && e.Type != tar.TypeDir {
+				continue
+			}
+			if old, ok := state[name]; ok && old.Type == tar.TypeDir && e.Type != tar.TypeDir {
+				// A non-directory replaces a directory and all it held.
+				maps.DeleteFunc(state, func(n string, _ Entry) bool { return under(name)(n) })
+			}
+			state[name] = e
+		}
+	}
+	return state
+}

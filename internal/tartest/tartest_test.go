@@ -130,3 +130,57 @@ func TestCleanName(t *testing.T) {
 		}
 	}
 }
+
+func TestMergeThreeLayers(t *testing.T) {
+	var layers [][]Entry
+	for i, l := range ThreeLayers(t) {
+		entries, err := Entries(bytes.NewReader(l))
+		if err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		layers = append(layers, entries)
+	}
+	merged := Merge(layers...)
+	sum := func(s string) string {
+		h := sha256.Sum256([]byte(s))
+		return hex.EncodeToString(h[:])
+	}
+	tests := []struct {
+		name    string
+		present bool
+		typ     byte
+		content string // checked when not empty
+	}{
+		{"etc/hostname", true, tar.TypeReg, "layer two\n"},
+		{"etc/passwd", false, 0, ""},           // under etc, made opaque by layer 2
+		{"etc/app/config", false, 0, ""},       // likewise
+		{"etc/app/old.conf", false, 0, ""},     // whited out by layer 1
+		{"usr/share/doc/README", false, 0, ""}, // doc made opaque by layer 1
+		{"usr/share/doc/NEWS", true, tar.TypeReg, ""},
+		{"usr/bin/tool", true, tar.TypeReg, ""},
+		{"usr/bin/tool2", false, 0, ""}, // hard link whited out by layer 2
+		{"usr/bin/alias", true, tar.TypeReg, "no longer a symlink\n"},
+		{"var/lib/data", true, tar.TypeDir, ""}, // deleted by layer 1, re-created by layer 2
+		{"var/lib/data/db", false, 0, ""},
+		{"var/lib/data/new", true, tar.TypeReg, "recreated\n"},
+		{"opt/tool", false, 0, ""}, // added by layer 1, whited out by layer 2
+		{"opt/tool/bin", false, 0, ""},
+		{"opt", true, tar.TypeDir, ""},
+		{"home/user/.profile", true, tar.TypeReg, ""},
+	}
+	for _, tt := range tests {
+		e, ok := merged[tt.name]
+		if ok != tt.present || ok && e.Type != tt.typ {
+			t.Errorf("%s: present %v type %q, want present %v type %q", tt.name, ok, e.Type, tt.present, tt.typ)
+			continue
+		}
+		if tt.content != "" && e.SHA256 != sum(tt.content) {
+			t.Errorf("%s: content sha256 %s, want that of %q", tt.name, e.SHA256, tt.content)
+		}
+	}
+	for name := range merged {
+		if strings.Contains(name, ".wh.") {
+			t.Errorf("%s: whiteout in the merged view", name)
+		}
+	}
+}

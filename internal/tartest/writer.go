@@ -4,7 +4,8 @@
 // Writer appends entries to an in-memory tar with sensible defaults;
 // AllKinds and ThreeLayers are ready-made layers that hold every kind of
 // entry that container images use; Entries reads a tar stream back into
-// comparable values. Contents are pseudo-random from a fixed seed, so every
+// comparable values, and Merge applies layers as overlayfs shows them, for
+// tests that compare a mounted image with its layers. Contents are pseudo-random from a fixed seed, so every
 // run (and every machine) produces the same bytes.
 package tartest
 
