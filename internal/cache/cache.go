@@ -427,8 +427,12 @@ func (c *Cache) writeFile(k key, write func(*os.File) error) (err error) {
 }
 
 // opError wraps err, the failure of op on what: with ErrNoSpace first if
-// it says that the filesystem is full, else with "cache: op what".
+// it says that the filesystem is full (ErrDigest first if it is
+// ErrDigest), else with "cache: op what".
 func opError(op, what string, err error) error {
+	if errors.Is(err, ErrDigest) {
+		return fmt.Errorf("%w: %s %s", ErrDigest, op, what)
+	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return fmt.Errorf("%w: %s %s: %w", ErrNoSpace, op, what, err)
 	}
