@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -30,7 +32,7 @@ import (
 	"nibble.dev/nibble/internal/sample"
 )
 
-const testSize = 3 << 20
+const testSize = 1 << 20
 
 func sampleImage(t *testing.T, opts ...sample.Option) v1.Image {
 	t.Helper()
@@ -121,9 +123,16 @@ func checkConverted(t *testing.T, src, dst v1.Image, res ImageResult) {
 		if res.Layers[i].Files != len(want) {
 			t.Errorf("layer %d: result counts %d files, source has %d", i, res.Layers[i].Files, len(want))
 		}
-		for name, sum := range want {
+		names := slices.Sorted(maps.Keys(want))
+		for k, name := range names {
+			sum := want[name]
 			if got[name] != sum {
 				t.Errorf("layer %d: %s differs or is missing", i, name)
+			}
+			// Reading a packed file through upstream decompresses its
+			// member from the start: read a sample of 8 files.
+			if len(names) > 8 && k%(len(names)/8) != 0 {
+				continue
 			}
 			sr, err := r.OpenFile(name)
 			if err != nil {
