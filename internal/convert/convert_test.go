@@ -273,23 +273,37 @@ func TestConvertKeepsEStargz(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	src := writeLayout(t, "oci:"+dir+":source", imageref.Artifact{Image: sampleImage(t)})
-	first := imageref.MustParse("oci:" + dir + ":first")
-	second := imageref.MustParse("oci:" + dir + ":second")
-	r1, err := Convert(ctx, src, first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, err := Convert(ctx, first, second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r1.Digest != r2.Digest {
-		t.Errorf("second conversion gave %s, first %s", r2.Digest, r1.Digest)
-	}
-	for i, l := range r2.Images[0].Layers {
-		if !l.Kept || l.Descriptor.Digest != r1.Images[0].Layers[i].Descriptor.Digest {
-			t.Errorf("layer %d: kept=%v %s, was %s", i, l.Kept, l.Descriptor.Digest, r1.Images[0].Layers[i].Descriptor.Digest)
-		}
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		mt   types.MediaType
+	}{
+		{"gzip", nil, types.OCILayer},
+		{"zstd", []Option{WithZstd()}, types.OCILayerZStd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			first := imageref.MustParse("oci:" + dir + ":" + tc.name + "-first")
+			second := imageref.MustParse("oci:" + dir + ":" + tc.name + "-second")
+			r1, err := Convert(ctx, src, first, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r2, err := Convert(ctx, first, second, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r1.Digest != r2.Digest {
+				t.Errorf("second conversion gave %s, first %s", r2.Digest, r1.Digest)
+			}
+			for i, l := range r2.Images[0].Layers {
+				if !l.Kept || l.Descriptor.Digest != r1.Images[0].Layers[i].Descriptor.Digest {
+					t.Errorf("layer %d: kept=%v %s, was %s", i, l.Kept, l.Descriptor.Digest, r1.Images[0].Layers[i].Descriptor.Digest)
+				}
+				if l.Descriptor.MediaType != tc.mt || l.Files == 0 {
+					t.Errorf("layer %d: media type %s, %d files", i, l.Descriptor.MediaType, l.Files)
+				}
+			}
+		})
 	}
 }
 
