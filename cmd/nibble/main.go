@@ -46,7 +46,7 @@ by local OCI image layouts (oci:DIR[:TAG]).`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newConvertCommand(), newDemoCommand())
+	root.AddCommand(newConvertCommand(), newCatCommand(), newLsCommand(), newDemoCommand())
 	return root
 }
 
