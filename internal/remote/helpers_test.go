@@ -239,3 +239,5 @@ func countdown(n int) func() bool {
 	c.Store(int64(n))
 	return func() bool { return c.Add(-1) >= 0 }
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -238,7 +238,7 @@ func reset(c net.Conn) {
 func TestBodyFaults(t *testing.T) {
 	tr := newTestRegistry(t, nil)
 	data := randomBytes(t, 512<<10)
-	const idle = 300 * time.Millisecond
+	const idle = time.Second // long enough for -race on a busy machine
 	_, b := tr.pushBlob(t, data, WithIdleTimeout(idle))
 	rng := Range{1000, 300000}
 	size := int64(len(data))
