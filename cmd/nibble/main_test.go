@@ -53,7 +53,7 @@ func TestCLI(t *testing.T) {
 		var digests []string
 		for i, procs := range []string{"1", "2"} {
 			dst := "oci:" + filepath.Join(dir, "out"+procs)
-			stdout, stderr, err := run(t, bin, []string{"GOMAXPROCS=" + procs}, "convert", src, dst)
+			stdout, stderr, err := run(t, bin, []string{"GOMAXPROCS=" + procs}, "convert", "--chunk-size", "256KiB", src, dst)
 			if err != nil {
 				t.Fatalf("GOMAXPROCS=%s: %v\n%s", procs, err, stderr)
 			}

@@ -435,7 +435,7 @@ func baseLayer(g *gen) {
 	// A few large binaries, one of them hard-linked, then shared libraries.
 	bigs := []string{"usr/bin/bash", "usr/bin/perl", "usr/lib/x86_64-linux-gnu/libcrypto.so.3", "usr/bin/coreutils"}
 	for i, name := range bigs {
-		n := int(min(max(total/20, 64<<10), 6<<20)) * (4 - i) / 3
+		n := int(min(max(total/8, 64<<10), 6<<20)) * (4 - i) / 3
 		g.file(name, 0o755, g.binary(n))
 	}
 	g.hardlink("usr/bin/perl5.36.0", "usr/bin/perl")
