@@ -438,3 +438,18 @@ func TestGuard(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close() // nothing listens there now
+	start := time.Now()
+	_, err = Open(context.Background(), imageref.MustParse(host+"/test/blob:v1"), testOptions(t)...)
+	t.Logf("error after %s: %v", time.Since(start), err)
+	if !errors.Is(err, ErrTransient) || !strings.Contains(err.Error(), host) || time.Since(start) > failBound {
+		t.Errorf("got %v, want ErrTransient naming %s within %s", err, host, failBound)
+	}
+}
