@@ -22,8 +22,8 @@
 //     (resets, refused or broken connections, stalls) are retried with
 //     exponential backoff and jitter, honouring Retry-After (seconds or an
 //     HTTP date), within the bounds of RetryPolicy.
-//   - stall: no bytes for the idle timeout (WithIdleTimeout), while waiting for the answer or in
-//     the middle of a body, aborts the request.
+//   - stall: no bytes for the idle timeout (WithIdleTimeout), while
+//     waiting for the answer or in the middle of a body, aborts the request.
 //   - scheme guard: plain HTTP only to loopback hosts, unless WithPlainHTTP.
 //   - the base transport: NewTransport's HTTP/1.1 transport by default, or
 //     the one given by WithTransport.
