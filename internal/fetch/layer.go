@@ -195,8 +195,12 @@ func (l *Layer) local(ci int) []byte {
 	if !c.HasDigest() {
 		return nil
 	}
+	d := c.digest()
+	if !l.s.store.Has(d) {
+		return nil
+	}
 	b := make([]byte, c.Size)
-	if ok, _ := l.s.store.Get(c.digest(), b); ok {
+	if ok, _ := l.s.store.Get(d, b); ok {
 		l.s.mem.put(l, ci, b)
 		l.hits.Add(1)
 		return b
