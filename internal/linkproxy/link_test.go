@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -343,5 +344,44 @@ func TestConnDeadline(t *testing.T) {
 	got, err := io.ReadAll(client)
 	if err != nil || string(got) != "pong" {
 		t.Fatalf("client read %q, %v; want pong then EOF", got, err)
+	}
+}
+
+// TestCloseStuckClient checks that Close returns, and frees what was in
+// flight, while a client sits on a large response without reading it.
+func TestCloseStuckClient(t *testing.T) {
+	origin := newOrigin(t)
+	for _, opts := range [][]Option{nil, {WithDelay(5 * time.Millisecond)}} {
+		p, err := New(origin.URL, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp4", p.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /blob/%d HTTP/1.1\r\nHost: x\r\n\r\n", 256<<20)
+		// Wait until the proxy is blocked on the client.
+		for start := time.Now(); p.Stats().BytesDown < 1<<20; time.Sleep(10 * time.Millisecond) {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("%d bytes sent to the client", p.Stats().BytesDown)
+			}
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- p.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("close: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("Close did not return while a client was not reading")
+		}
+		// The client sees its connection end.
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client read after close: %v", err)
+		}
 	}
 }

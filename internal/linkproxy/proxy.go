@@ -164,12 +164,18 @@ type Stats struct {
 	Requests int64
 	// Faults applied, by kind.
 	Flipped, Truncated, Unavailable, Stalled int64
+	// RecordsDropped counts requests not kept in Records, beyond
+	// MaxRecords.
+	RecordsDropped int64
 }
+
+// MaxRecords is how many request records a proxy keeps between resets.
+const MaxRecords = 1 << 20
 
 // String formats s as "key=value" pairs, for logs and scripts.
 func (s Stats) String() string {
-	return fmt.Sprintf("bytes_up=%d bytes_down=%d conns=%d requests=%d flipped=%d truncated=%d unavailable=%d stalled=%d",
-		s.BytesUp, s.BytesDown, s.Conns, s.Requests, s.Flipped, s.Truncated, s.Unavailable, s.Stalled)
+	return fmt.Sprintf("bytes_up=%d bytes_down=%d conns=%d requests=%d flipped=%d truncated=%d unavailable=%d stalled=%d records_dropped=%d",
+		s.BytesUp, s.BytesDown, s.Conns, s.Requests, s.Flipped, s.Truncated, s.Unavailable, s.Stalled, s.RecordsDropped)
 }
 
 // Record describes one HTTP request that went through the proxy.
@@ -204,6 +210,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	records  []Record
+	dropped  int64
 	closed   bool
 	handlers sync.WaitGroup
 	serveErr chan error
@@ -326,7 +333,8 @@ func (p *Proxy) Close() error {
 }
 
 // SetFaults replaces the faults injected from now on; the zero Faults
-// turns them off. Occurrence counts (see Faults) start again from zero.
+// turns them off. Requests under way keep the decision made when they
+// arrived. Occurrence counts (see Faults) start again from zero.
 func (p *Proxy) SetFaults(f Faults) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -349,6 +357,9 @@ func (p *Proxy) Stats() Stats {
 	if p.ln != nil {
 		s.Conns = p.ln.accept.Load() - p.connBase.Load()
 	}
+	p.mu.Lock()
+	s.RecordsDropped = p.dropped
+	p.mu.Unlock()
 	return s
 }
 
@@ -373,6 +384,7 @@ func (p *Proxy) ResetStats() {
 	p.stalled.Store(0)
 	p.mu.Lock()
 	p.records = nil
+	p.dropped = 0
 	p.mu.Unlock()
 }
 
@@ -406,7 +418,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Also runs when the reverse proxy aborts a response by panicking.
 		rec.Status, rec.Bytes, rec.Took = rw.status, rw.n, time.Since(rec.Start)
 		p.mu.Lock()
-		p.records = append(p.records, rec)
+		if len(p.records) < MaxRecords {
+			p.records = append(p.records, rec)
+		} else {
+			p.dropped++
+		}
 		p.mu.Unlock()
 	}()
 
