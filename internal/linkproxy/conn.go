@@ -100,9 +100,14 @@ func (c *countConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// Write counts before it writes, so that a client that got the bytes
+// never finds them missing from the count.
 func (c *countConn) Write(b []byte) (int, error) {
+	c.link.bytesDown.Add(int64(len(b)))
 	n, err := c.Conn.Write(b)
-	c.link.bytesDown.Add(int64(n))
+	if n < len(b) {
+		c.link.bytesDown.Add(int64(n - len(b)))
+	}
 	return n, err
 }
 
@@ -468,11 +473,12 @@ func (c *conn) Write(b []byte) (int, error) {
 		bp := packetPool.Get().(*[]byte)
 		copy(*bp, b[:n])
 		p := packet{buf: bp, data: (*bp)[:n], at: at.Add(c.link.delay)}
+		c.link.bytesDown.Add(int64(n)) // before the client can see them
 		if !c.out.push(p, c.wdl.wait(), c.dead, c.closing) {
+			c.link.bytesDown.Add(-int64(n))
 			packetPool.Put(bp)
 			return written, c.writeStopped()
 		}
-		c.link.bytesDown.Add(int64(n))
 		written += n
 		b = b[n:]
 	}
