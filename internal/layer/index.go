@@ -31,6 +31,9 @@ const (
 	// FlagImplied marks a directory that the layer implies without an
 	// entry of its own: its attributes are defaults.
 	FlagImplied uint32 = 1 << iota
+	// FlagWhiteout marks a whiteout: an entry named .wh.NAME (other than
+	// the opaque marker).
+	FlagWhiteout
 )
 
 // node is one file, directory, link or device: 56 bytes.
@@ -203,6 +206,9 @@ func (x *Index) PrefetchEnd() (end int64, ok bool) {
 	}
 	return x.prefetchEnd, true
 }
+
+// IsWhiteout reports whether a node is a whiteout entry.
+func (x *Index) IsWhiteout(id NodeID) bool { return x.nodes[id].flags&FlagWhiteout != 0 }
 
 // Neutralized returns how many entries were dropped as unsafe.
 func (x *Index) Neutralized() int { return x.neutralized }
@@ -409,6 +415,9 @@ func (b *indexBuilder) link() {
 			continue
 		}
 		children[pid] = append(children[pid], dirent{name: b.intern(base), nameLen: uint32(len(base)), node: id})
+		if strings.HasPrefix(base, WhiteoutPrefix) && base != OpaqueMarker && x.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
+			x.nodes[id].flags |= FlagWhiteout
+		}
 	}
 	// Reachable nodes only: a replaced directory's old contents are not.
 	for i := range x.nodes {
