@@ -91,7 +91,7 @@ func TestFaults(t *testing.T) {
 			ctx := testContext(t)
 			wantStatus := http.StatusOK
 			if f.Unavailable > 0 {
-				wantStatus = cmp(f.Status, http.StatusServiceUnavailable)
+				wantStatus = orDefault(f.Status, http.StatusServiceUnavailable)
 			}
 
 			var got []Fault
@@ -176,7 +176,7 @@ func TestFaults(t *testing.T) {
 	}
 }
 
-func cmp(a, b int) int {
+func orDefault(a, b int) int {
 	if a != 0 {
 		return a
 	}
