@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -192,7 +193,7 @@ type Scheduler struct {
 	mu         sync.Mutex
 	cond       *sync.Cond
 	queues     [3][]*job
-	lastDemand time.Time
+	lastDemand atomic.Int64 // unix nanoseconds of the last on-demand read
 	bgRunning  int
 	wakeTimer  *time.Timer
 	closed     bool
@@ -300,11 +301,7 @@ func (s *Scheduler) promote(j *job, p Priority) {
 	s.cond.Broadcast()
 }
 
-func (s *Scheduler) noteDemand() {
-	s.mu.Lock()
-	s.lastDemand = time.Now()
-	s.mu.Unlock()
-}
+func (s *Scheduler) noteDemand() { s.lastDemand.Store(time.Now().UnixNano()) }
 
 // next blocks until a job may run, and returns nil once closed.
 func (s *Scheduler) next() *job {
@@ -322,7 +319,7 @@ func (s *Scheduler) next() *job {
 				if s.bgRunning > 0 {
 					continue
 				}
-				if wait := s.quiet - time.Since(s.lastDemand); wait > 0 {
+				if wait := s.quiet - time.Since(time.Unix(0, s.lastDemand.Load())); wait > 0 {
 					s.wakeAfter(wait)
 					continue
 				}
