@@ -1,0 +1,253 @@
+package mount_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	digest "github.com/opencontainers/go-digest"
+
+	"nibble.dev/nibble/internal/cache"
+	"nibble.dev/nibble/internal/fetch"
+	"nibble.dev/nibble/internal/fetch/fetchtest"
+	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/mount"
+	"nibble.dev/nibble/internal/mount/mounttest"
+	"nibble.dev/nibble/internal/registrytest"
+	"nibble.dev/nibble/internal/remote"
+	"nibble.dev/nibble/internal/tartest"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		registrytest.SkipOrFatal(t, "mounting needs root")
+	}
+}
+
+func newScheduler(t *testing.T) *fetch.Scheduler {
+	t.Helper()
+	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := fetch.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// blobs is an image held in memory: mount.OpenImage's source.
+type blobs struct {
+	descs []v1.Descriptor
+	data  map[v1.Hash][]byte
+}
+
+func newBlobs(layers ...mounttest.Layer) *blobs {
+	b := &blobs{data: map[v1.Hash][]byte{}}
+	for _, l := range layers {
+		h, n, _ := v1.SHA256(bytes.NewReader(l.Blob))
+		b.descs = append(b.descs, v1.Descriptor{MediaType: types.OCILayer, Digest: h, Size: n, Annotations: l.Annotations})
+		b.data[h] = l.Blob
+	}
+	return b
+}
+
+func (b *blobs) Layers() []v1.Descriptor { return b.descs }
+
+func (b *blobs) Blob(d v1.Descriptor) remote.Blob {
+	return &memBlob{MemSource: fetchtest.MemSource{Blob: b.data[d.Digest]}, d: d}
+}
+
+type memBlob struct {
+	fetchtest.MemSource
+	d v1.Descriptor
+}
+
+func (m *memBlob) Digest() digest.Digest { return digest.Digest(m.d.Digest.String()) }
+func (m *memBlob) Size() int64           { return m.d.Size }
+
+// compose opens the image and mounts it in a temporary directory, with
+// cleanup that leaves nothing mounted even when the test fails.
+func compose(t *testing.T, b *blobs, opts ...mount.Option) (*mount.Mount, *mount.Image) {
+	t.Helper()
+	needRoot(t)
+	root := t.TempDir()
+	im, err := mount.OpenImage(context.Background(), newScheduler(t), b, filepath.Join(root, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { im.Close() })
+	target := filepath.Join(root, "rootfs")
+	os.Mkdir(target, 0o755)
+	m, err := mount.Compose(im.View, target, filepath.Join(root, "m"), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+			mounttest.Detach(t, root)
+		}
+		if left := mounttest.Mounted(t, root); len(left) > 0 {
+			t.Errorf("still mounted after Unmount: %q", left)
+			mounttest.Detach(t, root)
+		}
+	})
+	return m, im
+}
+
+// TestComposeThreeLayers mounts three layers with whiteouts, opaque
+// directories and hard links, served lazily, and one layer of them as a
+// plain tar.gz, and compares the tree with the layers merged.
+func TestComposeThreeLayers(t *testing.T) {
+	tars := tartest.ThreeLayers(t)
+	for _, tc := range []struct {
+		name string
+		lazy []bool
+	}{
+		{"eStargz", []bool{true, true, true}},
+		{"middle layer tar.gz", []bool{true, false, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var layers []mounttest.Layer
+			for i, src := range tars {
+				if tc.lazy[i] {
+					layers = append(layers, mounttest.Convert(t, src, format.WithChunkSize(64<<10)))
+				} else {
+					layers = append(layers, mounttest.Gzip(t, src))
+				}
+			}
+			m, im := compose(t, newBlobs(layers...))
+			for i, l := range im.Layers {
+				if l.Lazy != tc.lazy[i] || !l.Lazy && l.Reason == "" {
+					t.Errorf("layer %d: lazy %v (%q), want %v", i, l.Lazy, l.Reason, tc.lazy[i])
+				}
+				if !l.Lazy && l.Fetched != l.Size {
+					t.Errorf("layer %d: fetched %d of %d to rewrite it", i, l.Fetched, l.Size)
+				}
+			}
+			mounttest.Compare(t, m.Target, tars)
+			if err := os.WriteFile(filepath.Join(m.Target, "new"), nil, 0o644); err == nil {
+				t.Error("a read-only mount took a write")
+			}
+		})
+	}
+}
+
+// TestComposeAllKinds mounts the layer with every kind of entry over a
+// layer holding what its whiteout deletes.
+//
+// (Alone, its whiteout would show: overlayfs lists a directory that only
+// one lower layer has straight from that layer, whiteouts included.
+// layerfs could hide whiteouts that delete nothing below.)
+func TestComposeAllKinds(t *testing.T) {
+	w := tartest.NewWriter(9)
+	w.Dir("wh/")
+	w.File("wh/deleted", []byte("deleted above"))
+	base, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := tartest.AllKinds(t, 64<<10)
+	m, _ := compose(t, newBlobs(mounttest.Convert(t, base), mounttest.Convert(t, src, format.WithChunkSize(64<<10))))
+	mounttest.Compare(t, m.Target, [][]byte{base, src})
+}
+
+// TestComposeOneLayer mounts an image of one layer read-only: overlayfs
+// needs a second lower layer then.
+func TestComposeOneLayer(t *testing.T) {
+	src := tartest.ThreeLayers(t)[0]
+	m, _ := compose(t, newBlobs(mounttest.Convert(t, src)))
+	mounttest.Compare(t, m.Target, [][]byte{src})
+}
+
+// TestComposeManyLayers mounts an image of 60 layers.
+func TestComposeManyLayers(t *testing.T) {
+	const n = 60
+	var tars [][]byte
+	var layers []mounttest.Layer
+	for i := range n {
+		w := tartest.NewWriter(uint64(i))
+		w.Dir("d/")
+		w.File(fmt.Sprintf("d/f%02d", i), []byte(fmt.Sprintf("layer %d\n", i)))
+		w.File("top", []byte(fmt.Sprintf("layer %d\n", i)))
+		src, err := w.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tars = append(tars, src)
+		layers = append(layers, mounttest.Convert(t, src))
+	}
+	m, _ := compose(t, newBlobs(layers...))
+	es, err := os.ReadDir(filepath.Join(m.Target, "d"))
+	if err != nil || len(es) != n {
+		t.Fatalf("d holds %d entries (%v), want %d", len(es), err, n)
+	}
+	if b, err := os.ReadFile(filepath.Join(m.Target, "top")); err != nil || string(b) != fmt.Sprintf("layer %d\n", n-1) {
+		t.Errorf("top: %q, %v", b, err)
+	}
+	mounttest.Compare(t, m.Target, tars)
+}
+
+// TestComposeWritable checks that writes land in the upper layer and
+// leave the image alone.
+func TestComposeWritable(t *testing.T) {
+	tars := tartest.ThreeLayers(t)
+	var layers []mounttest.Layer
+	for _, src := range tars {
+		layers = append(layers, mounttest.Convert(t, src))
+	}
+	m, _ := compose(t, newBlobs(layers...), mount.Writable())
+	if m.Upper == "" {
+		t.Fatal("no upper directory")
+	}
+	if err := os.WriteFile(filepath.Join(m.Target, "written"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(m.Upper, "written")); err != nil || string(b) != "hello" {
+		t.Errorf("upper/written: %q, %v", b, err)
+	}
+	for _, l := range m.Layers() {
+		if _, err := os.Stat(filepath.Join(l, "written")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("layer %s: %v", l, err)
+		}
+	}
+}
+
+// TestOpenImageRefuses checks that a hostile TOC and a layer whose bytes
+// do not match its digest are refused with errors that say so.
+func TestOpenImageRefuses(t *testing.T) {
+	tars := tartest.ThreeLayers(t)
+	// A registry that serves another (well-formed) blob under the digest.
+	bad := newBlobs(mounttest.Gzip(t, tars[0]))
+	bad.data[bad.descs[0].Digest] = mounttest.Gzip(t, tars[1]).Blob
+	bad.descs[0].Size = int64(len(bad.data[bad.descs[0].Digest]))
+	for _, tc := range []struct {
+		name string
+		b    *blobs
+		is   error
+		want string
+	}{
+		{"hostile TOC", newBlobs(mounttest.Hostile(t)), format.ErrFormat, ".."},
+		{"tar.gz with other bytes", bad, mount.ErrDigest, "layer 1 of 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := mount.OpenImage(context.Background(), newScheduler(t), tc.b, t.TempDir())
+			if err == nil || tc.is != nil && !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("OpenImage: %v; want an error wrapping %v with %q", err, tc.is, tc.want)
+			}
+			t.Log(err)
+		})
+	}
+}
