@@ -55,6 +55,7 @@ func run(ctx context.Context, args []string, sig <-chan os.Signal, stdout, stder
 		match      = fs.String("match", "blobs", "requests that faults may hit: blobs (GET .../blobs/...) or all")
 		flip       = fs.Float64("flip", 0, "`fraction` of matching responses with a bit flipped")
 		truncate   = fs.Float64("truncate", 0, "`fraction` of matching responses cut off part way")
+		reset      = fs.Float64("reset", 0, "`fraction` of matching responses whose connection is reset part way")
 		unavail    = fs.Float64("unavailable", 0, "`fraction` of matching requests answered 503 (or -status)")
 		status     = fs.Int("status", 0, "status of -unavailable answers (default 503)")
 		retryAfter = fs.Duration("retry-after", 0, "Retry-After of -unavailable answers (0: none)")
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string, sig <-chan os.Signal, stdout, stder
 		return errors.New("-rtt and -delay exclude each other")
 	}
 	f := linkproxy.Faults{
-		Seed: *seed, Flip: *flip, Truncate: *truncate, Unavailable: *unavail,
+		Seed: *seed, Flip: *flip, Truncate: *truncate, Reset: *reset, Unavailable: *unavail,
 		Status: *status, RetryAfter: *retryAfter, Stall: *stall, StallFor: *stallFor,
 	}
 	switch *match {

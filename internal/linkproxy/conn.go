@@ -94,6 +94,15 @@ type countConn struct {
 	link *link
 }
 
+// resetOnClose makes closing the connection send a reset, not a FIN.
+func (c *countConn) resetOnClose() { setLinger0(c.Conn) }
+
+func setLinger0(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+}
+
 func (c *countConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.link.bytesUp.Add(int64(n))
@@ -282,6 +291,7 @@ type conn struct {
 	wdl     *deadline
 	wtimer  *time.Timer
 	werr    atomic.Pointer[error]
+	rst     atomic.Bool   // close with a reset
 	closing chan struct{} // Close was called
 	dead    chan struct{} // the socket is closed
 	once1   sync.Once
@@ -339,9 +349,16 @@ func (c *conn) kill() {
 	c.once1.Do(func() { close(c.closing) })
 	c.once2.Do(func() {
 		close(c.dead)
+		if c.rst.Load() {
+			setLinger0(c.Conn)
+		}
 		c.Conn.Close()
 	})
 }
+
+// resetOnClose makes the socket close with a reset, once what was written
+// before has been delivered.
+func (c *conn) resetOnClose() { c.rst.Store(true) }
 
 // Close stops reading and writing; what was written is still delivered,
 // after the link's delay, before the socket closes.

@@ -29,8 +29,9 @@
 //
 // Faults (WithFaults, Proxy.SetFaults, changeable while requests run)
 // damage a fraction of the requests a filter accepts: a bit flipped in
-// the body, the connection closed part way through the body, a pause in
-// the body, or a 503 (or any error status) with an optional Retry-After.
+// the body, the connection closed (FIN) or reset (RST) part way through
+// the body, a pause in the body, or a 503 (or any error status) with an
+// optional Retry-After.
 // Decisions are reproducible from a seed. Everything else, range
 // requests and redirects included, streams through unchanged; the Host
 // header is kept, so a registry's absolute URLs point back at the proxy.

@@ -23,7 +23,7 @@ import (
 // gets a fresh, but still reproducible, decision, however requests
 // interleave.
 //
-// Body faults (Flip, Truncate, Stall) apply to 2xx responses that have a
+// Body faults (Flip, Truncate, Reset, Stall) apply to 2xx responses that have a
 // body; the place in the body is drawn uniformly from its length (from the
 // first 64 KiB when the length is unknown).
 type Faults struct {
@@ -39,6 +39,10 @@ type Faults struct {
 	// Truncate is the fraction of responses whose connection is closed
 	// part way through the body.
 	Truncate float64
+	// Reset is the fraction of responses whose connection is reset (TCP
+	// RST, as from a crashed peer) part way through the body: the client
+	// reads "connection reset by peer", and may lose data it had not read.
+	Reset float64
 	// Unavailable is the fraction of requests answered with 503 Service
 	// Unavailable (or Status) without reaching the target.
 	Unavailable float64
@@ -66,7 +70,7 @@ func (f Faults) validate() error {
 	for _, v := range []struct {
 		name string
 		p    float64
-	}{{"flip", f.Flip}, {"truncate", f.Truncate}, {"unavailable", f.Unavailable}, {"stall", f.Stall}} {
+	}{{"flip", f.Flip}, {"truncate", f.Truncate}, {"unavailable", f.Unavailable}, {"stall", f.Stall}, {"reset", f.Reset}} {
 		if !(v.p >= 0 && v.p <= 1) {
 			return fmt.Errorf("linkproxy: %s rate %v not in [0, 1]", v.name, v.p)
 		}
@@ -85,7 +89,7 @@ func (f Faults) validate() error {
 }
 
 // any reports whether f can damage anything.
-func (f Faults) any() bool { return f.Flip+f.Truncate+f.Unavailable+f.Stall > 0 }
+func (f Faults) any() bool { return f.Flip+f.Truncate+f.Unavailable+f.Stall+f.Reset > 0 }
 
 // Fault names what the proxy did to a response.
 type Fault string
@@ -97,6 +101,7 @@ const (
 	FaultTruncate    Fault = "truncate"
 	FaultUnavailable Fault = "unavailable"
 	FaultStall       Fault = "stall"
+	FaultReset       Fault = "reset"
 )
 
 // faultState is one Faults setting with its occurrence counts.
@@ -142,6 +147,8 @@ func (s *faultState) decide(r *http.Request) decision {
 		d.kind = FaultFlip
 	case u < s.Unavailable+s.Truncate+s.Flip+s.Stall:
 		d.kind = FaultStall
+	case u < s.Unavailable+s.Truncate+s.Flip+s.Stall+s.Reset:
+		d.kind = FaultReset
 	}
 	return d
 }
@@ -176,15 +183,16 @@ type faultBody struct {
 	err      error
 	stallFor time.Duration
 	flush    func() // pushes what was written so far to the client
+	reset    func() // makes the connection's close a reset
 	applied  func(Fault)
 }
 
-func newFaultBody(ctx context.Context, body io.ReadCloser, d decision, length int64, f *faultState, flush func(), applied func(Fault)) *faultBody {
+func newFaultBody(ctx context.Context, body io.ReadCloser, d decision, length int64, f *faultState, flush, reset func(), applied func(Fault)) *faultBody {
 	span := uint64(unknownLengthSpan)
 	if length >= 0 {
 		span = uint64(length)
 	}
-	fb := &faultBody{ReadCloser: body, ctx: ctx, kind: d.kind, stallFor: f.StallFor, flush: flush, applied: applied}
+	fb := &faultBody{ReadCloser: body, ctx: ctx, kind: d.kind, stallFor: f.StallFor, flush: flush, reset: reset, applied: applied}
 	if span == 0 {
 		fb.done = true // nothing to damage
 	} else {
@@ -203,15 +211,21 @@ func (fb *faultBody) Read(b []byte) (int, error) {
 	if fb.cut {
 		// Push out what the client gets before the connection closes.
 		fb.flush()
+		if fb.kind == FaultReset {
+			fb.reset()
+		}
 		fb.err = errTruncated
 		return 0, fb.err
 	}
 	if !fb.done && fb.off == fb.pos {
 		switch fb.kind {
-		case FaultTruncate:
+		case FaultTruncate, FaultReset:
 			fb.done = true
-			fb.applied(FaultTruncate)
+			fb.applied(fb.kind)
 			fb.flush()
+			if fb.kind == FaultReset {
+				fb.reset()
+			}
 			fb.err = errTruncated
 			return 0, fb.err
 		case FaultStall:
@@ -238,11 +252,11 @@ func (fb *faultBody) Read(b []byte) (int, error) {
 		fb.applied(FaultFlip)
 	}
 	fb.off += int64(n)
-	if err == io.EOF && !fb.done && fb.kind == FaultTruncate {
+	if err == io.EOF && !fb.done && (fb.kind == FaultTruncate || fb.kind == FaultReset) {
 		// The body ended before the position (its length was unknown):
 		// cut it off here, before the end is signalled.
 		fb.done = true
-		fb.applied(FaultTruncate)
+		fb.applied(fb.kind)
 		fb.cut = true
 		return n, nil
 	}

@@ -3,6 +3,7 @@ package linkproxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/bits"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,14 +71,17 @@ func TestFaults(t *testing.T) {
 		name   string
 		faults Faults
 		shaped bool
+		kind   Fault
 		count  func(Stats) int64
 	}{
-		{"flip", Faults{Flip: rate}, false, func(s Stats) int64 { return s.Flipped }},
-		{"truncate", Faults{Truncate: rate}, false, func(s Stats) int64 { return s.Truncated }},
-		{"truncate-shaped", Faults{Truncate: rate}, true, func(s Stats) int64 { return s.Truncated }},
-		{"unavailable", Faults{Unavailable: rate, RetryAfter: 1500 * time.Millisecond}, false, func(s Stats) int64 { return s.Unavailable }},
-		{"too-many-requests", Faults{Unavailable: rate, Status: http.StatusTooManyRequests}, false, func(s Stats) int64 { return s.Unavailable }},
-		{"stall", Faults{Stall: rate, StallFor: 30 * time.Millisecond}, false, func(s Stats) int64 { return s.Stalled }},
+		{"flip", Faults{Flip: rate}, false, FaultFlip, func(s Stats) int64 { return s.Flipped }},
+		{"truncate", Faults{Truncate: rate}, false, FaultTruncate, func(s Stats) int64 { return s.Truncated }},
+		{"truncate-shaped", Faults{Truncate: rate}, true, FaultTruncate, func(s Stats) int64 { return s.Truncated }},
+		{"reset", Faults{Reset: rate}, false, FaultReset, func(s Stats) int64 { return s.Reset }},
+		{"reset-shaped", Faults{Reset: rate}, true, FaultReset, func(s Stats) int64 { return s.Reset }},
+		{"unavailable", Faults{Unavailable: rate, RetryAfter: 1500 * time.Millisecond}, false, FaultUnavailable, func(s Stats) int64 { return s.Unavailable }},
+		{"too-many-requests", Faults{Unavailable: rate, Status: http.StatusTooManyRequests}, false, FaultUnavailable, func(s Stats) int64 { return s.Unavailable }},
+		{"stall", Faults{Stall: rate, StallFor: 30 * time.Millisecond}, false, FaultStall, func(s Stats) int64 { return s.Stalled }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := tc.faults
@@ -99,6 +104,12 @@ func TestFaults(t *testing.T) {
 				n := int64(1 + (i*7919)%100000)
 				url := fmt.Sprintf("%s/v2/repo/blobs/sha256:%d?n=%d", p.URL(), i, n)
 				o := classify(ctx, t, c, url, n, wantStatus)
+				if tc.kind == FaultReset && o.fault == FaultTruncate {
+					if !errors.Is(o.err, syscall.ECONNRESET) {
+						t.Errorf("%s: %v, want a connection reset", url, o.err)
+					}
+					o.fault = FaultReset
+				}
 				got = append(got, o.fault)
 				if o.fault == FaultUnavailable && f.RetryAfter > 0 && o.retryAfter != "2" {
 					t.Errorf("Retry-After %q, want 2 (seconds, rounded up)", o.retryAfter)
@@ -132,18 +143,17 @@ func TestFaults(t *testing.T) {
 					continue
 				}
 				recorded = append(recorded, r.Fault)
-				if r.Fault == FaultStall && r.Took < f.StallFor {
+				if r.Fault == FaultStall && r.Done && r.Took < f.StallFor {
 					t.Errorf("stalled response took %v, want at least %v", r.Took, f.StallFor)
 				}
 			}
-			if tc.name == "stall" {
+			if tc.kind == FaultStall {
 				got = recorded
 			}
 			if !slices.Equal(got, recorded) {
 				t.Errorf("client saw faults %v,\nrecords say %v", got, recorded)
 			}
-			kind := map[string]Fault{"flip": FaultFlip, "truncate": FaultTruncate, "truncate-shaped": FaultTruncate,
-				"unavailable": FaultUnavailable, "too-many-requests": FaultUnavailable, "stall": FaultStall}[tc.name]
+			kind := tc.kind
 			n := 0
 			for _, g := range got {
 				switch g {

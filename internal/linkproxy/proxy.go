@@ -163,7 +163,7 @@ type Stats struct {
 	// Requests counts HTTP requests seen.
 	Requests int64
 	// Faults applied, by kind.
-	Flipped, Truncated, Unavailable, Stalled int64
+	Flipped, Truncated, Reset, Unavailable, Stalled int64
 	// RecordsDropped counts requests not kept in Records, beyond
 	// MaxRecords.
 	RecordsDropped int64
@@ -174,20 +174,44 @@ const MaxRecords = 1 << 20
 
 // String formats s as "key=value" pairs, for logs and scripts.
 func (s Stats) String() string {
-	return fmt.Sprintf("bytes_up=%d bytes_down=%d conns=%d requests=%d flipped=%d truncated=%d unavailable=%d stalled=%d records_dropped=%d",
-		s.BytesUp, s.BytesDown, s.Conns, s.Requests, s.Flipped, s.Truncated, s.Unavailable, s.Stalled, s.RecordsDropped)
+	return fmt.Sprintf("bytes_up=%d bytes_down=%d conns=%d requests=%d flipped=%d truncated=%d reset=%d unavailable=%d stalled=%d records_dropped=%d",
+		s.BytesUp, s.BytesDown, s.Conns, s.Requests, s.Flipped, s.Truncated, s.Reset, s.Unavailable, s.Stalled, s.RecordsDropped)
 }
 
-// Record describes one HTTP request that went through the proxy.
+// Record describes one HTTP request that went through the proxy. A
+// request is recorded when it arrives, and its record kept up to date
+// ahead of what the client sees: once a client has read a response, its
+// record shows the status, the bytes and the fault.
 type Record struct {
 	Method string
 	Path   string // URL path, without the query
 	Range  string // the Range header, if any
-	Status int    // 0 if no response header was sent
+	Status int    // 0 until the response header is sent
 	Bytes  int64  // response body bytes sent to the client
 	Fault  Fault  // what the proxy did to the response
 	Start  time.Time
-	Took   time.Duration
+	Took   time.Duration // 0 until the proxy is done with the request
+	Done   bool          // the proxy is done with the request
+}
+
+// liveRecord is a Record as its request goes on.
+type liveRecord struct {
+	Record // Method, Path, Range and Start
+	status atomic.Int64
+	bytes  atomic.Int64
+	fault  atomic.Value // Fault
+	took   atomic.Int64 // nanoseconds; -1 while under way
+}
+
+func (r *liveRecord) snapshot() Record {
+	rec := r.Record
+	rec.Status = int(r.status.Load())
+	rec.Bytes = r.bytes.Load()
+	rec.Fault, _ = r.fault.Load().(Fault)
+	if took := r.took.Load(); took >= 0 {
+		rec.Took, rec.Done = time.Duration(took), true
+	}
+	return rec
 }
 
 // Proxy is a running link-emulation proxy; see the package documentation.
@@ -204,12 +228,13 @@ type Proxy struct {
 	connBase           atomic.Int64 // accepted connections at the last reset
 	requests           atomic.Int64
 	flipped, truncated atomic.Int64
+	reset              atomic.Int64
 	unavailable        atomic.Int64
 	stalled            atomic.Int64
 	faults             atomic.Pointer[faultState]
 
 	mu       sync.Mutex
-	records  []Record
+	records  []*liveRecord
 	dropped  int64
 	closed   bool
 	handlers sync.WaitGroup
@@ -297,6 +322,9 @@ func New(target string, opts ...Option) (*Proxy, error) {
 		Handler:           p,
 		ReadHeaderTimeout: time.Minute,
 		ErrorLog:          errLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
 	go func() { p.serveErr <- p.srv.Serve(p.ln) }()
 	return p, nil
@@ -353,6 +381,7 @@ func (p *Proxy) Stats() Stats {
 		Truncated:   p.truncated.Load(),
 		Unavailable: p.unavailable.Load(),
 		Stalled:     p.stalled.Load(),
+		Reset:       p.reset.Load(),
 	}
 	if p.ln != nil {
 		s.Conns = p.ln.accept.Load() - p.connBase.Load()
@@ -363,12 +392,17 @@ func (p *Proxy) Stats() Stats {
 	return s
 }
 
-// Records returns a copy of the records of requests finished since the
-// start or the last ResetStats, in the order they finished.
+// Records returns the records of the requests that arrived since the
+// start or the last ResetStats, in the order they arrived.
 func (p *Proxy) Records() []Record {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]Record(nil), p.records...)
+	live := append([]*liveRecord(nil), p.records...)
+	p.mu.Unlock()
+	recs := make([]Record, len(live))
+	for i, r := range live {
+		recs[i] = r.snapshot()
+	}
+	return recs
 }
 
 // ResetStats sets the counters to zero and forgets the records.
@@ -382,6 +416,7 @@ func (p *Proxy) ResetStats() {
 	p.truncated.Store(0)
 	p.unavailable.Store(0)
 	p.stalled.Store(0)
+	p.reset.Store(0)
 	p.mu.Lock()
 	p.records = nil
 	p.dropped = 0
@@ -391,12 +426,15 @@ func (p *Proxy) ResetStats() {
 // faultKey carries a request's decision to modifyResponse.
 type faultKey struct{}
 
+// connKey carries the client's connection in a request's context.
+type connKey struct{}
+
 type pending struct {
-	d     decision
-	f     *faultState
-	w     *recordWriter
-	ctx   context.Context
-	fault *Fault // set when applied
+	d   decision
+	f   *faultState
+	w   *recordWriter
+	ctx context.Context
+	rec *liveRecord
 }
 
 // ServeHTTP proxies one request, recording it and injecting its fault.
@@ -412,25 +450,24 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.handlers.Done()
 
 	p.requests.Add(1)
-	rec := Record{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range"), Start: time.Now()}
-	rw := &recordWriter{ResponseWriter: w}
-	defer func() {
-		// Also runs when the reverse proxy aborts a response by panicking.
-		rec.Status, rec.Bytes, rec.Took = rw.status, rw.n, time.Since(rec.Start)
-		p.mu.Lock()
-		if len(p.records) < MaxRecords {
-			p.records = append(p.records, rec)
-		} else {
-			p.dropped++
-		}
-		p.mu.Unlock()
-	}()
+	rec := &liveRecord{Record: Record{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range"), Start: time.Now()}}
+	rec.took.Store(-1)
+	p.mu.Lock()
+	if len(p.records) < MaxRecords {
+		p.records = append(p.records, rec)
+	} else {
+		p.dropped++
+	}
+	p.mu.Unlock()
+	// Also runs when the reverse proxy aborts a response by panicking.
+	defer func() { rec.took.Store(int64(time.Since(rec.Start))) }()
+	rw := &recordWriter{ResponseWriter: w, rec: rec}
 
 	f := p.faults.Load()
 	d := f.decide(r)
 	if d.kind == FaultUnavailable {
 		p.unavailable.Add(1)
-		rec.Fault = FaultUnavailable
+		rec.fault.Store(FaultUnavailable)
 		if f.RetryAfter > 0 {
 			secs := int64((f.RetryAfter + time.Second - 1) / time.Second)
 			rw.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
@@ -443,7 +480,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.kind != FaultNone {
-		pd := &pending{d: d, f: f, w: rw, ctx: r.Context(), fault: &rec.Fault}
+		pd := &pending{d: d, f: f, w: rw, ctx: r.Context(), rec: rec}
 		r = r.WithContext(context.WithValue(r.Context(), faultKey{}, pd))
 	}
 	p.rp.ServeHTTP(rw, r)
@@ -457,7 +494,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	}
 	flush := func() { _ = http.NewResponseController(pd.w).Flush() }
 	applied := func(f Fault) {
-		*pd.fault = f
+		pd.rec.fault.Store(f)
 		switch f {
 		case FaultFlip:
 			p.flipped.Add(1)
@@ -465,32 +502,40 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 			p.truncated.Add(1)
 		case FaultStall:
 			p.stalled.Add(1)
+		case FaultReset:
+			p.reset.Add(1)
 		}
 	}
-	resp.Body = newFaultBody(pd.ctx, resp.Body, pd.d, resp.ContentLength, pd.f, flush, applied)
+	reset := func() {
+		if c, ok := pd.ctx.Value(connKey{}).(interface{ resetOnClose() }); ok {
+			c.resetOnClose()
+		}
+	}
+	resp.Body = newFaultBody(pd.ctx, resp.Body, pd.d, resp.ContentLength, pd.f, flush, reset, applied)
 	return nil
 }
 
-// recordWriter notes a response's status and counts its body bytes.
+// recordWriter notes a response's status and counts its body bytes in
+// its record, before the client can see them.
 type recordWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
+	rec *liveRecord
 }
 
 func (w *recordWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
+	if code >= 200 {
+		w.rec.status.CompareAndSwap(0, int64(code))
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *recordWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
+	w.rec.status.CompareAndSwap(0, http.StatusOK)
+	w.rec.bytes.Add(int64(len(b)))
 	n, err := w.ResponseWriter.Write(b)
-	w.n += int64(n)
+	if n < len(b) {
+		w.rec.bytes.Add(int64(n - len(b)))
+	}
 	return n, err
 }
 

@@ -2,6 +2,7 @@ package linkproxy
 
 import (
 	"io"
+	"log"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ import (
 // the registry protocol and blob reads all pass, and the records show
 // each blob fetched once.
 func TestRegistry(t *testing.T) {
-	reg := httptest.NewServer(registry.New())
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(reg.Close)
 	p := ForTest(t, reg.URL, WithRTT(4*time.Millisecond), WithRate(Gbit))
 	ctx := testContext(t)
