@@ -124,15 +124,18 @@ func mustNibble(t *testing.T, env []string, args ...string) []byte {
 // and what its merged file system must hold.
 type sampleImage struct {
 	layout string // "oci:DIR:TAG" of the converted image
-	// files maps each regular file of the flattened source image (cleaned
-	// name, no leading slash) to its entry.
+	// files maps each regular file (hard links included) of the merged
+	// source layers (cleaned name, no leading slash) to its entry.
 	files map[string]tartest.Entry
 	names []string // the keys of files, sorted
+	// extractDiffers lists the files whose content mutate.Extract gets
+	// differently (paths written twice in one layer).
+	extractDiffers []string
 }
 
 // sampleFixture generates the sample image, converts it with the binary
-// into a layout, and flattens the source with go-containerregistry, once
-// for the package.
+// into a layout, and merges the source layers into the expected view,
+// once for the package.
 func sampleFixture(t *testing.T) *sampleImage {
 	t.Helper()
 	bin := nibbleBinary(t)
@@ -159,15 +162,51 @@ func makeSample(bin string) (*sampleImage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nibble convert: %w\n%s", err, out)
 	}
+	// The oracle applies the source layers as overlayfs does. A layer
+	// that holds a path twice shows its last entry, as tar extraction
+	// does (DESIGN.md, decision 9); go-containerregistry's mutate.Extract
+	// keeps the first one instead, so it is only a cross-check.
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	var entries [][]tartest.Entry
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return nil, err
+		}
+		es, err := tartest.Entries(rc)
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, es)
+	}
+	merged := tartest.Merge(entries...)
 	flat, err := tartest.Entries(mutate.Extract(img))
 	if err != nil {
 		return nil, err
 	}
+	extracted := tartest.Latest(flat)
 	s := &sampleImage{layout: dst, files: map[string]tartest.Entry{}}
-	for name, e := range tartest.Latest(flat) {
-		if e.Type == tar.TypeReg {
-			s.files[name] = e
-			s.names = append(s.names, name)
+	for name, e := range merged {
+		switch e.Type {
+		case tar.TypeReg:
+		case tar.TypeLink:
+			// A hard link reads as its target.
+			target, ok := merged[tartest.CleanName(e.Linkname)]
+			if !ok || target.Type != tar.TypeReg {
+				continue
+			}
+			e.SHA256, e.Size = target.SHA256, target.Size
+		default:
+			continue
+		}
+		s.files[name] = e
+		s.names = append(s.names, name)
+		if x, ok := extracted[name]; ok && x.Type == tar.TypeReg && x.SHA256 != e.SHA256 {
+			s.extractDiffers = append(s.extractDiffers, name)
 		}
 	}
 	sort.Strings(s.names)
