@@ -390,3 +390,31 @@ func TestCloseStuckClient(t *testing.T) {
 		}
 	}
 }
+
+// TestRateCapUpload checks the cap in the client-to-target direction.
+func TestRateCapUpload(t *testing.T) {
+	const (
+		rate = 16 * Mbit // 2 MB/s
+		size = 2 << 20
+	)
+	origin := newOrigin(t)
+	p := ForTest(t, origin.URL, WithRate(rate))
+	c := newClient(t, nil, 1)
+	start := time.Now()
+	resp, err := c.Post(p.URL()+"/echo", "application/octet-stream", bytes.NewReader(make([]byte, size)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if string(echo) != fmt.Sprint(size) {
+		t.Fatalf("echo says %q, want %d", echo, size)
+	}
+	// Senders may run burstFor ahead, the rest is paced.
+	least := time.Duration(float64(size)/rate.BytesPerSecond()*float64(time.Second)) - burstFor
+	if took < least {
+		t.Errorf("%d bytes uploaded in %v under a %v cap, want at least %v", size, took, rate, least)
+	}
+	t.Logf("%.2f MB/s up under a %v cap", size/took.Seconds()/1e6, rate)
+}
