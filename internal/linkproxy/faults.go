@@ -174,7 +174,7 @@ var errTruncated = errors.New("linkproxy: injected truncation")
 // cross the fault's position, so the fault lands on exactly that byte.
 type faultBody struct {
 	io.ReadCloser
-	ctx      context.Context
+	reqDone  <-chan struct{} // the request's end
 	kind     Fault
 	pos      int64
 	off      int64
@@ -187,12 +187,12 @@ type faultBody struct {
 	applied  func(Fault)
 }
 
-func newFaultBody(ctx context.Context, body io.ReadCloser, d decision, length int64, f *faultState, flush, reset func(), applied func(Fault)) *faultBody {
+func newFaultBody(done <-chan struct{}, body io.ReadCloser, d decision, length int64, f *faultState, flush, reset func(), applied func(Fault)) *faultBody {
 	span := uint64(unknownLengthSpan)
 	if length >= 0 {
 		span = uint64(length)
 	}
-	fb := &faultBody{ReadCloser: body, ctx: ctx, kind: d.kind, stallFor: f.StallFor, flush: flush, reset: reset, applied: applied}
+	fb := &faultBody{ReadCloser: body, reqDone: done, kind: d.kind, stallFor: f.StallFor, flush: flush, reset: reset, applied: applied}
 	if span == 0 {
 		fb.done = true // nothing to damage
 	} else {
@@ -235,9 +235,9 @@ func (fb *faultBody) Read(b []byte) (int, error) {
 			t := time.NewTimer(fb.stallFor)
 			select {
 			case <-t.C:
-			case <-fb.ctx.Done():
+			case <-fb.reqDone:
 				t.Stop()
-				fb.err = fb.ctx.Err()
+				fb.err = context.Canceled
 				return 0, fb.err
 			}
 		}

@@ -429,12 +429,14 @@ type faultKey struct{}
 // connKey carries the client's connection in a request's context.
 type connKey struct{}
 
+// pending is a decided fault on its way to the response.
 type pending struct {
-	d   decision
-	f   *faultState
-	w   *recordWriter
-	ctx context.Context
-	rec *liveRecord
+	d    decision
+	f    *faultState
+	w    *recordWriter
+	done <-chan struct{} // the request's end
+	conn net.Conn        // the client's connection
+	rec  *liveRecord
 }
 
 // ServeHTTP proxies one request, recording it and injecting its fault.
@@ -480,7 +482,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.kind != FaultNone {
-		pd := &pending{d: d, f: f, w: rw, ctx: r.Context(), rec: rec}
+		conn, _ := r.Context().Value(connKey{}).(net.Conn)
+		pd := &pending{d: d, f: f, w: rw, done: r.Context().Done(), conn: conn, rec: rec}
 		r = r.WithContext(context.WithValue(r.Context(), faultKey{}, pd))
 	}
 	p.rp.ServeHTTP(rw, r)
@@ -507,11 +510,11 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 		}
 	}
 	reset := func() {
-		if c, ok := pd.ctx.Value(connKey{}).(interface{ resetOnClose() }); ok {
+		if c, ok := pd.conn.(interface{ resetOnClose() }); ok {
 			c.resetOnClose()
 		}
 	}
-	resp.Body = newFaultBody(pd.ctx, resp.Body, pd.d, resp.ContentLength, pd.f, flush, reset, applied)
+	resp.Body = newFaultBody(pd.done, resp.Body, pd.d, resp.ContentLength, pd.f, flush, reset, applied)
 	return nil
 }
 
