@@ -54,8 +54,10 @@ type Layer struct {
 	Lazy   bool
 	Reason string
 	// Fetched counts the bytes fetched to rewrite a layer that is not
-	// lazy (0 when the local blob was already there).
+	// lazy (0 when the local blob was already there); Blob is the path of
+	// the rewrite.
 	Fetched int64
+	Blob    string
 	// Layer is the open layer: for a layer that is not lazy, its local
 	// rewrite (whose digest differs from Digest).
 	Layer *layer.Layer
@@ -171,7 +173,7 @@ func openLayer(ctx context.Context, s *fetch.Scheduler, b image.Blobs, d v1.Desc
 	if err != nil {
 		return info, nil, fmt.Errorf("layer %s (%s): %w", d.Digest, info.Reason, err)
 	}
-	info.Fetched = fetched
+	info.Fetched, info.Blob = fetched, path
 	f, err := os.Open(path)
 	if err != nil {
 		return info, nil, fmt.Errorf("layer %s: %w", d.Digest, err)
