@@ -1,7 +1,6 @@
 package linkproxy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -156,5 +155,3 @@ func testContext(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-var _ = bytes.Equal
