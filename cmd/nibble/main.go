@@ -47,6 +47,7 @@ by local OCI image layouts (oci:DIR[:TAG]).`,
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.AddCommand(newConvertCommand(), newCatCommand(), newLsCommand(), newDemoCommand())
+	root.AddCommand(newMountCommand(), newUmountCommand(), newStatusCommand(), newServeCommand())
 	return root
 }
 

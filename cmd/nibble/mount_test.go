@@ -1,0 +1,135 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/mount/mounttest"
+	"nibble.dev/nibble/internal/registrytest"
+	"nibble.dev/nibble/internal/server"
+	"nibble.dev/nibble/internal/tartest"
+)
+
+// TestMount mounts an image with nibble mount, reads it, checks nibble
+// status, refuses a hostile image, and unmounts with nibble umount, after
+// which nothing is mounted and the serving process has exited.
+func TestMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		registrytest.SkipOrFatal(t, "nibble mount needs root")
+	}
+	bin := buildNibble(t)
+	reg := registrytest.StartInProcess(t)
+	tars := tartest.ThreeLayers(t)
+	ref := reg.Repo("three:v1")
+	mounttest.Push(t, ref, mounttest.Convert(t, tars[0], format.WithChunkSize(64<<10)),
+		mounttest.Gzip(t, tars[1]), mounttest.Convert(t, tars[2]))
+	hostile := reg.Repo("hostile:v1")
+	mounttest.Push(t, hostile, mounttest.Hostile(t))
+
+	root := t.TempDir()
+	env := []string{"NIBBLE_ROOT=" + root, server.EnvAddress + "=" + filepath.Join(root, "nibble.sock")}
+	dir, dir2 := t.TempDir(), t.TempDir()
+	pid := 0
+	t.Cleanup(func() {
+		// Last resorts, for a test that failed half way.
+		run(t, bin, env, "umount", "--force", dir)
+		mounttest.Detach(t, dir)
+		mounttest.Detach(t, root)
+		if pid > 0 && alive(pid) {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	})
+
+	stdout, stderr, err := run(t, bin, env, "mount", "--no-background", ref, dir)
+	if err != nil || stdout != "" || stderr != "" {
+		t.Fatalf("mount: %v\nstdout %q\nstderr %q", err, stdout, stderr)
+	}
+	if _, err := os.ReadFile(filepath.Join(dir, "etc/hostname")); err != nil {
+		t.Fatal(err)
+	}
+
+	stdout, stderr, err = run(t, bin, env, "status", "--json", dir)
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, stderr)
+	}
+	var st server.Status
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, stdout)
+	}
+	pid = st.PID
+	if len(st.Mounts) != 1 || len(st.Mounts[0].Layers) != 3 || st.Root != root {
+		t.Fatalf("status: %s", stdout)
+	}
+	m := st.Mounts[0]
+	if m.Dir != dir || m.Ref != ref || m.FetchedBytes <= 0 || m.FetchedBytes >= m.TotalBytes {
+		t.Errorf("after reading one file: %s", stdout)
+	}
+	for i, l := range m.Layers {
+		if l.Lazy != (i != 1) || !strings.HasPrefix(l.Digest, "sha256:") || l.TotalBytes <= 0 {
+			t.Errorf("layer %d: %+v", i, l)
+		}
+	}
+	if !strings.Contains(m.Layers[1].NotLazyReason, "not seekable") {
+		t.Errorf("layer 2 not lazy because %q", m.Layers[1].NotLazyReason)
+	}
+
+	stdout, _, err = run(t, bin, env, "status")
+	if err != nil || !strings.Contains(stdout, dir) || !strings.Contains(stdout, "no: not seekable") {
+		t.Errorf("status: %v\n%s", err, stdout)
+	}
+	t.Logf("nibble status:\n%s", stdout)
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", hostile, dir2}, "escapes the layer root"},
+		{[]string{"mount", ref, dir}, "already mounted"},
+		{[]string{"mount", ref, filepath.Join(dir2, "missing")}, "no such file"},
+		{[]string{"umount", dir2}, "not mounted by nibble"},
+	} {
+		stdout, stderr, err := run(t, bin, env, tc.args...)
+		if err == nil || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: %v\nstdout %q\nstderr %q, want one line with %q", tc.args, err, stdout, stderr, tc.want)
+		}
+	}
+
+	mounttest.Compare(t, dir, tars)
+
+	if _, stderr, err := run(t, bin, env, "umount", dir); err != nil {
+		t.Fatalf("umount: %v\n%s", err, stderr)
+	}
+	if ms := append(mounttest.Mounted(t, dir), mounttest.Mounted(t, root)...); len(ms) > 0 {
+		t.Errorf("still mounted after umount: %q", ms)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(pid) {
+		t.Errorf("the server (pid %d) did not exit after its last unmount", pid)
+	}
+	if stdout, _, err := run(t, bin, env, "status"); err != nil || !strings.Contains(stdout, "no images mounted") {
+		t.Errorf("status after umount: %v %q", err, stdout)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "nibble.log")); err != nil || !strings.Contains(string(b), `"msg":"mounted"`) {
+		t.Errorf("log: %v\n%s", err, b)
+	}
+}
+
+// alive reports whether process pid exists (and is not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}

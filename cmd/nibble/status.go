@@ -1,0 +1,105 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"nibble.dev/nibble/internal/server"
+)
+
+func newStatusCommand() *cobra.Command {
+	var (
+		address string
+		asJSON  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "status [DIR]",
+		Short: "Show mounted images and how much of each layer is fetched",
+		Long: `Status shows, for each image mounted by nibble mount (or the one at DIR),
+every layer: its digest, whether it is served lazily (and why not), the bytes
+fetched of the total, chunk reads served from the cache (hits) or fetched
+(misses), and fetch errors; then the chunk cache's use.
+
+--json prints the same as one JSON document, described in docs/status.md.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := ""
+			if len(args) == 1 {
+				d, err := filepath.Abs(args[0])
+				if err != nil {
+					return err
+				}
+				dir = d
+			}
+			st, err := server.NewClient(address).Status(cmd.Context(), dir)
+			if errors.Is(err, server.ErrNoServer) {
+				if dir != "" {
+					return fmt.Errorf("%s: not mounted by nibble (no server at %s)", dir, address)
+				}
+				st, err = &server.Status{Mounts: []server.MountStatus{}}, nil
+			}
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(out, st)
+			return nil
+		},
+	}
+	registerAddress(cmd, &address)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (schema: docs/status.md)")
+	return cmd
+}
+
+func printStatus(out io.Writer, st *server.Status) {
+	if len(st.Mounts) == 0 {
+		fmt.Fprintln(out, "no images mounted")
+		return
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	for _, m := range st.Mounts {
+		mode := "read-only"
+		if m.Writable {
+			mode = "writable, upper " + m.Upper
+		}
+		fmt.Fprintf(w, "%s\t%s (%s)\n", m.Dir, m.Ref, mode)
+		fmt.Fprintf(w, "  image %s: fetched %s of %s (%s)\n", m.Digest, formatIEC(m.FetchedBytes), formatIEC(m.TotalBytes), percent(m.FetchedBytes, m.TotalBytes))
+		fmt.Fprintf(w, "  LAYER\tLAZY\tFETCHED\tTOTAL\t%%\tHITS\tMISSES\tERRORS\n")
+		for _, l := range m.Layers {
+			lazy := "yes"
+			if !l.Lazy {
+				lazy = "no: " + l.NotLazyReason
+			}
+			errs := fmt.Sprint(l.Failures)
+			if l.LastError != "" {
+				errs += " (last: " + strings.ReplaceAll(l.LastError, "\n", "; ") + ")"
+			}
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%s\n", short(l.Digest), lazy, formatIEC(l.FetchedBytes),
+				formatIEC(l.TotalBytes), l.Percent, l.CacheHits, l.CacheMisses, errs)
+		}
+		fmt.Fprintln(w)
+	}
+	c := st.Cache
+	fmt.Fprintf(w, "cache %s: %s of %s in %d chunks; %d hits, %d misses, %d evictions\n", c.Dir,
+		formatIEC(c.Bytes), formatIEC(c.Capacity), c.Entries, c.Hits, c.Misses, c.Evictions)
+	w.Flush()
+}
+
+func percent(n, total int64) string {
+	if total == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*float64(n)/float64(total))
+}
