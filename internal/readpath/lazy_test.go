@@ -238,7 +238,7 @@ func writeBigTar(t *testing.T, w io.Writer) bigLayerInfo {
 			}
 		}
 		if d%(dirs/bigFiles) == 0 {
-			n := 3<<19 + rng.IntN(2<<20)
+			n := 2<<20 + rng.IntN(3<<19)
 			write(&tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("%slibbig%02d.so", dir, d), Mode: 0o755}, fill(n, 0.4))
 			info.files++
 		}
