@@ -1,6 +1,7 @@
 package mount_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -249,5 +250,30 @@ func TestOpenImageRefuses(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestComposeImpliedDirs checks that directories an upper layer only
+// implies show the attributes that lower layers give them.
+func TestComposeImpliedDirs(t *testing.T) {
+	w := tartest.NewWriter(1)
+	w.Header(&tar.Header{Name: "a/", Typeflag: tar.TypeDir, Mode: 0o750, Uid: 1000, Gid: 1001, ModTime: tartest.Epoch}, nil)
+	w.Header(&tar.Header{Name: "a/b/", Typeflag: tar.TypeDir, Mode: 0o711, Uid: 7, Gid: 8, ModTime: tartest.Epoch}, nil)
+	w.File("a/b/low", []byte("low"))
+	low, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w = tartest.NewWriter(2)
+	w.File("a/b/c/high", []byte("high")) // implies a, a/b and a/b/c
+	high, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := compose(t, newBlobs(mounttest.Convert(t, low), mounttest.Convert(t, high)))
+	mounttest.Compare(t, m.Target, [][]byte{low, high})
+	fi, err := os.Stat(filepath.Join(m.Target, "a/b/c"))
+	if err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("a/b/c, implied by the top layer alone: %v, %v; want the default 0755", fi.Mode(), err)
 	}
 }

@@ -311,6 +311,11 @@ func copyBlob(ctx context.Context, w io.Writer, blob remote.Blob, dg digest.Dige
 // fileSource reads ranges of a local blob.
 type fileSource struct{ f *os.File }
 
+var (
+	_ fetch.Source = fileSource{}
+	_ image.Blobs  = (*remote.Image)(nil)
+)
+
 func (s fileSource) ReadRanges(ctx context.Context, rs []fetch.Range) ([][]byte, error) {
 	out := make([][]byte, len(rs))
 	for i, r := range rs {
