@@ -54,8 +54,8 @@ var (
 	// ErrBusy reports a mount that is still in use: files open in it, or
 	// a process whose working directory is in it.
 	ErrBusy = errors.New("mount: busy")
-	// ErrTarget reports a target that is not an empty-enough directory to
-	// mount on (it does not exist, or is not a directory).
+	// ErrTarget reports a target that does not exist or is not a
+	// directory.
 	ErrTarget = errors.New("mount: bad target")
 )
 
