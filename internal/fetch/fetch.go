@@ -301,6 +301,29 @@ func (s *Scheduler) promote(j *job, p Priority) {
 	s.cond.Broadcast()
 }
 
+// drop removes l's queued jobs and fails their flights.
+func (s *Scheduler) drop(l *Layer) {
+	var dropped []*job
+	s.mu.Lock()
+	for p := range s.queues {
+		keep := s.queues[p][:0]
+		for _, j := range s.queues[p] {
+			if j.l == l && !j.taken {
+				j.taken = true
+				dropped = append(dropped, j)
+				continue
+			}
+			keep = append(keep, j)
+		}
+		clear(s.queues[p][len(keep):])
+		s.queues[p] = keep
+	}
+	s.mu.Unlock()
+	for _, j := range dropped {
+		l.finish(j, nil, ErrClosed)
+	}
+}
+
 func (s *Scheduler) noteDemand() { s.lastDemand.Store(time.Now().UnixNano()) }
 
 // next blocks until a job may run, and returns nil once closed.

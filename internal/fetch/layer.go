@@ -50,6 +50,7 @@ type Layer struct {
 	mu      sync.Mutex
 	flights map[int]*flight
 	err     error // last fetch error
+	closed  atomic.Bool
 
 	fetched, requests, hits, misses, failures atomic.Int64
 }
@@ -138,6 +139,9 @@ func (l *Layer) ReadAt(ctx context.Context, first, n int, size int64, p []byte, 
 	}
 	if off >= size {
 		return 0, io.EOF
+	}
+	if l.closed.Load() {
+		return 0, ErrClosed
 	}
 	end := min(off+int64(len(p)), size)
 	fc := l.chunks[first : first+n]
@@ -473,6 +477,9 @@ func (l *Layer) Background() {
 }
 
 func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
+	if l.closed.Load() {
+		return
+	}
 	var cis []int
 	for mi := range l.members {
 		m := &l.members[mi]
@@ -490,6 +497,17 @@ func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
 	if len(cis) > 0 {
 		l.ensure(cis, prio)
 	}
+}
+
+// Close retires the layer: its queued fetches are dropped (a running one
+// finishes), its chunks kept in memory are forgotten, and later reads fail
+// with ErrClosed. Chunks already in the store stay there.
+func (l *Layer) Close() {
+	if l.closed.Swap(true) {
+		return
+	}
+	l.s.drop(l)
+	l.s.mem.drop(l)
 }
 
 // Missing returns the number of members not in the store.

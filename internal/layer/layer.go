@@ -158,6 +158,9 @@ func (l *Layer) Prefetch() {
 // Background queues the rest of the layer for background fetching.
 func (l *Layer) Background() { l.fetch.Background() }
 
+// Close stops the layer's queued fetches; see fetch.Layer.Close.
+func (l *Layer) Close() { l.fetch.Close() }
+
 // Stats returns the layer's fetch counters.
 func (l *Layer) Stats() fetch.Stats { return l.fetch.Stats() }
 

@@ -402,3 +402,24 @@ func TestBackgroundWaitsForQuiet(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCloseDropsQueuedFetches: a closed layer's background fetches stop
+// and its reads fail.
+func TestCloseDropsQueuedFetches(t *testing.T) {
+	src, _ := manyFiles(t, 100)
+	b := buildLayer(t, src)
+	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(200*time.Millisecond))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	ms.Reset()
+	l.Background()
+	l.Close()
+	time.Sleep(500 * time.Millisecond)
+	if n := len(ms.Requests()); n != 0 {
+		t.Errorf("a closed layer made %d requests", n)
+	}
+	id, _ := l.Index.LookupPath("d/f0001")
+	if _, err := l.ReadAt(context.Background(), id, make([]byte, 10), 0); !errors.Is(err, fetch.ErrClosed) {
+		t.Errorf("read after Close: %v, want ErrClosed", err)
+	}
+}

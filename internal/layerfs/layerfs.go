@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,6 +72,14 @@ func WithDirAttrs(f func(layer.NodeID) (layer.Attr, bool)) Option {
 	return func(fs *FS) { fs.dirAttrs = f }
 }
 
+// WithWhiteouts gives which whiteouts to show: overlayfs lists a
+// directory that only one layer has as it is, so a whiteout that hides
+// nothing below would show as a 0:0 device where an extracted image has
+// nothing. visible reports whether a whiteout node hides something.
+func WithWhiteouts(visible func(layer.NodeID) bool) Option {
+	return func(fs *FS) { fs.whiteoutVisible = visible }
+}
+
 // WithUserXattr names the opaque xattr user.overlay.opaque instead of
 // trusted.overlay.opaque, for overlay mounts with "userxattr".
 func WithUserXattr() Option {
@@ -80,12 +89,14 @@ func WithUserXattr() Option {
 // FS is the FUSE filesystem of one layer.
 type FS struct {
 	fuse.RawFileSystem
-	l           *layer.Layer
-	x           *layer.Index
-	dirAttrs    func(layer.NodeID) (layer.Attr, bool)
-	opaqueXattr string
-	noXattrs    bool
-	statsIno    uint64
+	l               *layer.Layer
+	x               *layer.Index
+	dirAttrs        func(layer.NodeID) (layer.Attr, bool)
+	whiteoutVisible func(layer.NodeID) bool
+	opaqueXattr     string
+	noXattrs        bool
+	statsIno        uint64
+	panics          atomic.Int64
 }
 
 // New returns the filesystem of layer l.
@@ -160,9 +171,8 @@ func (fs *FS) fill(id layer.NodeID, whiteout bool, out *fuse.Attr) {
 		out.Size = uint64(a.Size)
 		out.Rdev = uint32(mkdev(a.Major, a.Minor))
 	}
-	if a.ModTime > 0 {
-		out.Mtime = uint64(a.ModTime)
-	}
+	// The kernel reads the time as signed: times before 1970 pass as is.
+	out.Mtime = uint64(a.ModTime)
 	out.Atime, out.Ctime = out.Mtime, out.Mtime
 	out.Blksize = 4096
 	out.Blocks = (out.Size + 511) / 512
@@ -183,7 +193,8 @@ func (fs *FS) entry(id layer.NodeID, whiteout bool, out *fuse.EntryOut) {
 // Lookup finds a name as overlayfs should see it: NAME is a whiteout when
 // the directory holds .wh.NAME; raw whiteout names and the opaque marker
 // are not visible.
-func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) (st fuse.Status) {
+	defer fs.recovered(&st)
 	dir, ok := fs.node(h.NodeId)
 	if !ok {
 		return fuse.ENOENT
@@ -200,7 +211,7 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 		fs.entry(id, false, out)
 		return fuse.OK
 	}
-	if id, ok := fs.x.Lookup(dir, layer.WhiteoutPrefix+name); ok {
+	if id, ok := fs.x.Lookup(dir, layer.WhiteoutPrefix+name); ok && fs.showWhiteout(id) {
 		fs.entry(id, true, out)
 		return fuse.OK
 	}
@@ -219,7 +230,8 @@ func (fs *FS) negative(out *fuse.EntryOut) fuse.Status {
 func (fs *FS) Forget(nodeid, nlookup uint64) {}
 
 // GetAttr returns a node's attributes.
-func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) (st fuse.Status) {
+	defer fs.recovered(&st)
 	if in.NodeId == fs.statsIno {
 		out.Attr = fuse.Attr{Ino: fs.statsIno, Mode: syscall.S_IFREG | 0o444, Nlink: 1}
 		return fuse.OK
@@ -233,11 +245,16 @@ func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 	return fuse.OK
 }
 
+func (fs *FS) showWhiteout(id layer.NodeID) bool {
+	return fs.whiteoutVisible == nil || fs.whiteoutVisible(id)
+}
+
 // whiteoutNode reports whether a node is a whiteout entry.
 func (fs *FS) whiteoutNode(id layer.NodeID) bool { return fs.x.IsWhiteout(id) }
 
 // Readlink returns a symlink's target verbatim.
-func (fs *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+func (fs *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (_ []byte, st fuse.Status) {
+	defer fs.recovered(&st)
 	id, ok := fs.node(h.NodeId)
 	if !ok {
 		return nil, fuse.ENOENT
@@ -265,7 +282,8 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 }
 
 // Read reads file bytes through the fetch scheduler.
-func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (_ fuse.ReadResult, st fuse.Status) {
+	defer fs.recovered(&st)
 	if in.NodeId == fs.statsIno {
 		b := fs.statsJSON()
 		off := min(int(in.Offset), len(b))
@@ -320,7 +338,8 @@ func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Dir
 	return fs.readDir(in, out, true)
 }
 
-func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st fuse.Status) {
+	defer fs.recovered(&st)
 	dir, ok := fs.node(in.NodeId)
 	if !ok {
 		return fuse.ENOENT
@@ -343,6 +362,9 @@ func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.S
 			}
 			mode := fs.x.Attr(id).Mode
 			if fs.isWhiteout(name) {
+				if !fs.showWhiteout(id) {
+					continue
+				}
 				name, whiteout, mode = name[len(layer.WhiteoutPrefix):], true, syscall.S_IFCHR
 			}
 			e = fuse.DirEntry{Name: name, Ino: uint64(id) + 1, Mode: mode}
@@ -367,7 +389,8 @@ func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.S
 
 // GetXAttr returns an xattr. A layer without xattrs answers ENOSYS so
 // that the kernel stops asking.
-func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (_ uint32, st fuse.Status) {
+	defer fs.recovered(&st)
 	if fs.noXattrs {
 		return 0, fuse.ENOSYS
 	}
@@ -397,7 +420,8 @@ func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, de
 }
 
 // ListXAttr lists a node's xattr names.
-func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (_ uint32, st fuse.Status) {
+	defer fs.recovered(&st)
 	if fs.noXattrs {
 		return 0, fuse.ENOSYS
 	}
@@ -455,6 +479,18 @@ func (fs *FS) statsJSON() []byte {
 	b, _ := json.Marshal(s)
 	return append(b, '\n')
 }
+
+// recovered turns a panic in a request into EIO: one bad request must
+// not take the server, and every mount it serves, down.
+func (fs *FS) recovered(st *fuse.Status) {
+	if r := recover(); r != nil {
+		fs.panics.Add(1)
+		*st = fuse.EIO
+	}
+}
+
+// Panics returns how many requests panicked (and failed with EIO).
+func (fs *FS) Panics() int64 { return fs.panics.Load() }
 
 // chanContext is a context cancelled when the kernel interrupts the
 // request.

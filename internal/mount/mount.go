@@ -120,7 +120,8 @@ func Compose(im *image.Image, target, state string, opts ...Option) (*Mount, err
 			return nil, fmt.Errorf("mount: layer %d: %w", i+1, err)
 		}
 		below := &image.Image{Layers: im.Layers[:i]}
-		fs := layerfs.New(l, layerfs.WithDirAttrs(impliedAttrs(l.Index, below)))
+		fs := layerfs.New(l, layerfs.WithDirAttrs(impliedAttrs(l.Index, below)),
+			layerfs.WithWhiteouts(visibleWhiteouts(l.Index, below)))
 		srv, err := layerfs.Mount(fs, dir)
 		if err != nil {
 			os.Remove(dir)
@@ -182,6 +183,33 @@ func impliedAttrs(x *layer.Index, below *image.Image) func(layer.NodeID) (layer.
 		a, ok := attrs[id]
 		return a, ok
 	}
+}
+
+// visibleWhiteouts returns which whiteouts of a layer hide something in
+// the layers below; the others must not show (see layerfs.WithWhiteouts).
+func visibleWhiteouts(x *layer.Index, below *image.Image) func(layer.NodeID) bool {
+	visible := map[layer.NodeID]bool{}
+	if len(below.Layers) > 0 {
+		var walk func(dir layer.NodeID, p string)
+		walk = func(dir layer.NodeID, p string) {
+			for i := range x.NumChildren(dir) {
+				name, id := x.Child(dir, i)
+				child := strings.TrimPrefix(p+"/"+name, "/")
+				if x.IsWhiteout(id) {
+					hidden := strings.TrimPrefix(p+"/"+strings.TrimPrefix(name, layer.WhiteoutPrefix), "/")
+					if _, err := below.Lookup(hidden); err == nil {
+						visible[id] = true
+					}
+					continue
+				}
+				if x.Attr(id).IsDir() && x.Parent(id) == dir && id != dir {
+					walk(id, child)
+				}
+			}
+		}
+		walk(layer.Root, "")
+	}
+	return func(id layer.NodeID) bool { return visible[id] }
 }
 
 // mountOverlay mounts overlayfs at target over lowers (top first), with

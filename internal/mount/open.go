@@ -126,8 +126,14 @@ func OpenImage(ctx context.Context, s *fetch.Scheduler, b image.Blobs, blobDir s
 	return im, nil
 }
 
-// Close closes the local blobs of layers that are not lazy.
+// Close stops the layers' fetching and closes the local blobs of layers
+// that are not lazy.
 func (im *Image) Close() error {
+	for _, l := range im.View.Layers {
+		if l != nil {
+			l.Close()
+		}
+	}
 	var errs []error
 	for _, f := range im.files {
 		errs = append(errs, f.Close())
