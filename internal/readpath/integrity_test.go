@@ -117,6 +117,9 @@ func TestIntegrity(t *testing.T) {
 	if len(failed) > 0 {
 		t.Logf("files that failed: %q; first error: %v", failed[:min(len(failed), 10)], firstErr)
 	}
+	if ps.Flipped > 0 && fetchFailures == 0 {
+		t.Errorf("%d responses had a bit flipped, but no member failed verification", ps.Flipped)
+	}
 	const minGets = 100
 	if gets < minGets {
 		t.Errorf("only %d blob GETs: too few for the fault rates to mean anything (want %d)", gets, minGets)
