@@ -349,11 +349,11 @@ func (l *Layer) run(ctx context.Context, j *job) {
 		bufs, err := l.src.ReadRanges(ctx, rs)
 		l.requests.Add(1)
 		if err != nil {
+			// The source retries network faults itself: its error is
+			// final. Only bytes that fail to decode or verify (which the
+			// source cannot see) are fetched again here.
 			lastErr = err
-			if ctx.Err() != nil {
-				break
-			}
-			continue
+			break
 		}
 		if len(bufs) != len(rs) {
 			lastErr = fmt.Errorf("fetch: source returned %d ranges for %d", len(bufs), len(rs))

@@ -80,38 +80,24 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 	if !annotated && !cfg.allowNoTOCDigest {
 		return nil, fmt.Errorf("layer %s: %w: no TOC digest annotation", d.Digest, ErrNotSeekable)
 	}
-	tailLen := min(int64(format.MaxFooterSize), d.Size)
-	if tailLen <= 0 {
-		return nil, fmt.Errorf("layer %s: %w: empty blob", d.Digest, ErrNotSeekable)
+	var (
+		t   *tocRead
+		err error
+	)
+	// Bytes that fail to parse or verify may have been damaged on the way:
+	// fetch them again before concluding (the source retries network
+	// faults itself, so its errors are final).
+	for range tocAttempts {
+		t, err = readTOC(ctx, src, d, &cfg)
+		var se *sourceError
+		if err == nil || errors.As(err, &se) || errors.Is(err, format.ErrTooLarge) {
+			break
+		}
 	}
-	bufs, err := src.ReadRanges(ctx, []fetch.Range{{Off: d.Size - tailLen, Len: tailLen}})
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: reading footer: %w", d.Digest, err)
-	}
-	f, err := format.ParseFooter(bufs[0], d.Size)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w: %w", d.Digest, ErrNotSeekable, err)
-	}
-	tocEnd := f.TOCOffset + f.TOCLength
-	if f.TOCLength == 0 {
-		tocEnd = d.Size - f.Size
-	}
-	tocLen := tocEnd - f.TOCOffset
-	if limit := cfg.limits.MaxTOCCompressed; limit > 0 && tocLen > limit {
-		return nil, fmt.Errorf("layer %s: %w: TOC of %d bytes", d.Digest, format.ErrTooLarge, tocLen)
-	}
-	bufs, err = src.ReadRanges(ctx, []fetch.Range{{Off: f.TOCOffset, Len: tocLen}})
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: reading TOC: %w", d.Digest, err)
-	}
-	toc, jsonDigest, err := format.DecodeTOC(f, bufs[0], cfg.limits)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
 	}
-	if err := format.VerifyTOC(d.Annotations, bufs[0], jsonDigest); err != nil &&
-		!(errors.Is(err, format.ErrNoTOCDigest) && cfg.allowNoTOCDigest) {
-		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
-	}
+	f, toc, jsonDigest := t.footer, t.toc, t.jsonDigest
 	lay, err := format.Validate(toc, f, cfg.limits)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
@@ -133,8 +119,63 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 	}
 	return &Layer{
 		Desc: d, Kind: f.Kind, Index: x, TOCDigest: jsonDigest,
-		TOCBytes: tailLen + tocLen, DataEnd: f.DataEnd(), fetch: fl,
+		TOCBytes: t.fetched, DataEnd: f.DataEnd(), fetch: fl,
 	}, nil
+}
+
+// tocAttempts is how many times Open reads a footer and TOC that fail to
+// parse or verify.
+const tocAttempts = 4
+
+// tocRead is a footer and TOC as read, decoded and checked.
+type tocRead struct {
+	footer     format.Footer
+	toc        *format.TOC
+	jsonDigest digest.Digest
+	fetched    int64
+}
+
+// sourceError is a failure to read from the source, as opposed to bytes
+// that do not parse or verify.
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+func readTOC(ctx context.Context, src fetch.Source, d Desc, cfg *config) (*tocRead, error) {
+	tailLen := min(int64(format.MaxFooterSize), d.Size)
+	if tailLen <= 0 {
+		return nil, fmt.Errorf("%w: empty blob", ErrNotSeekable)
+	}
+	bufs, err := src.ReadRanges(ctx, []fetch.Range{{Off: d.Size - tailLen, Len: tailLen}})
+	if err != nil {
+		return nil, &sourceError{fmt.Errorf("reading footer: %w", err)}
+	}
+	f, err := format.ParseFooter(bufs[0], d.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotSeekable, err)
+	}
+	tocEnd := f.TOCOffset + f.TOCLength
+	if f.TOCLength == 0 {
+		tocEnd = d.Size - f.Size
+	}
+	tocLen := tocEnd - f.TOCOffset
+	if limit := cfg.limits.MaxTOCCompressed; limit > 0 && tocLen > limit {
+		return nil, fmt.Errorf("%w: TOC of %d bytes", format.ErrTooLarge, tocLen)
+	}
+	bufs, err = src.ReadRanges(ctx, []fetch.Range{{Off: f.TOCOffset, Len: tocLen}})
+	if err != nil {
+		return nil, &sourceError{fmt.Errorf("reading TOC: %w", err)}
+	}
+	toc, jsonDigest, err := format.DecodeTOC(f, bufs[0], cfg.limits)
+	if err != nil {
+		return nil, err
+	}
+	if err := format.VerifyTOC(d.Annotations, bufs[0], jsonDigest); err != nil &&
+		!(errors.Is(err, format.ErrNoTOCDigest) && cfg.allowNoTOCDigest) {
+		return nil, err
+	}
+	return &tocRead{footer: f, toc: toc, jsonDigest: jsonDigest, fetched: tailLen + tocLen}, nil
 }
 
 // ReadAt reads a regular file's bytes at off. It returns io.EOF with fewer

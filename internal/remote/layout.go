@@ -23,7 +23,7 @@ func openLayout(ctx context.Context, loc imageref.Location, c *config) (*Image, 
 		return nil, fmt.Errorf("remote: %w", err)
 	}
 	dir := loc.Dir()
-	im, err := resolve(loc, a, c.wantPlatform(), func(d digest.Digest, size int64) Blob {
+	im, err := resolve(ctx, loc, a, c.wantPlatform(), func(d digest.Digest, size int64) Blob {
 		return &layoutBlob{path: filepath.Join(dir, "blobs", d.Algorithm().String(), d.Encoded()), d: d, size: size}
 	})
 	if err != nil {

@@ -98,7 +98,7 @@ func openRegistry(ctx context.Context, loc imageref.Location, c *config) (*Image
 	if err != nil {
 		return nil, fmt.Errorf("remote: %s: %w", loc, classify(err))
 	}
-	im, err := resolve(loc, a, c.wantPlatform(), r.blob)
+	im, err := resolve(ctx, loc, a, c.wantPlatform(), r.blob)
 	if err != nil {
 		return nil, fmt.Errorf("remote: %s: %w", loc, classify(err))
 	}

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -137,7 +138,7 @@ func (b brokenBlob) ReadRanges(context.Context, []Range) ([][]byte, error) {
 
 // resolve turns an artifact (an image, or an index resolved to the wanted
 // platform) into an Image.
-func resolve(loc imageref.Location, a imageref.Artifact, want v1.Platform, blob func(digest.Digest, int64) Blob) (*Image, error) {
+func resolve(ctx context.Context, loc imageref.Location, a imageref.Artifact, want v1.Platform, blob func(digest.Digest, int64) Blob) (*Image, error) {
 	im := &Image{loc: loc, blob: blob}
 	img := a.Image
 	if a.Index != nil {
@@ -183,10 +184,11 @@ func resolve(loc imageref.Location, a imageref.Artifact, want v1.Platform, blob 
 	if !im.manifest.MediaType.IsImage() && im.manifest.MediaType != "" {
 		return nil, fmt.Errorf("%w: media type %q is not an image", ErrNotFound, im.manifest.MediaType)
 	}
-	if im.rawConfig, err = img.RawConfigFile(); err != nil {
+	cd := im.manifest.Config
+	if im.rawConfig, err = readWhole(ctx, blob(digest.Digest(cd.Digest.String()), cd.Size)); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	if im.config, err = img.ConfigFile(); err != nil {
+	if im.config, err = v1.ParseConfigFile(bytes.NewReader(im.rawConfig)); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if im.platform == nil {
@@ -194,6 +196,35 @@ func resolve(loc imageref.Location, a imageref.Artifact, want v1.Platform, blob 
 	}
 	return im, nil
 }
+
+// wholeAttempts is how many times readWhole fetches a blob whose bytes do
+// not match its digest.
+const wholeAttempts = 4
+
+// readWhole reads a small blob whole and checks it against its digest. A
+// damaged answer is a transient fault: the blob is fetched again, up to
+// wholeAttempts times. Network faults are retried by the blob itself.
+func readWhole(ctx context.Context, b Blob) ([]byte, error) {
+	if b.Size() > maxWholeBlob {
+		return nil, fmt.Errorf("blob %s: %d bytes is too large", b.Digest(), b.Size())
+	}
+	var err error
+	for range wholeAttempts {
+		var bufs [][]byte
+		bufs, err = b.ReadRanges(ctx, []Range{{Off: 0, Len: b.Size()}})
+		if err != nil {
+			return nil, err
+		}
+		if got := b.Digest().Algorithm().FromBytes(bufs[0]); got == b.Digest() {
+			return bufs[0], nil
+		}
+		err = fmt.Errorf("%w: blob %s: bytes do not match the digest", ErrTransient, b.Digest())
+	}
+	return nil, err
+}
+
+// maxWholeBlob bounds what readWhole reads (configs are small).
+const maxWholeBlob = 64 << 20
 
 // hostPlatform is the platform this process runs on.
 func hostPlatform() v1.Platform {
