@@ -125,7 +125,7 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 
 // tocAttempts is how many times Open reads a footer and TOC that fail to
 // parse or verify.
-const tocAttempts = 4
+const tocAttempts = 6
 
 // tocRead is a footer and TOC as read, decoded and checked.
 type tocRead struct {

@@ -199,7 +199,7 @@ func resolve(ctx context.Context, loc imageref.Location, a imageref.Artifact, wa
 
 // wholeAttempts is how many times readWhole fetches a blob whose bytes do
 // not match its digest.
-const wholeAttempts = 4
+const wholeAttempts = 6
 
 // readWhole reads a small blob whole and checks it against its digest. A
 // damaged answer is a transient fault: the blob is fetched again, up to
