@@ -193,8 +193,10 @@ var ErrInput = errors.New("format: unusable input tar")
 // decompressed output is the input's tar stream (reordered only to put
 // prefetched files first) plus a landmark entry and, for gzip, the TOC
 // entry. Entries named like the TOC or a landmark are dropped from the
-// input. A name that escapes the root, a NUL byte, a sparse file, a PAX
-// global header or a corrupt stream fails with an error wrapping ErrInput.
+// input. A name that escapes the root, a NUL byte, a name that is not
+// UTF-8 (JSON cannot hold it), a hard link to a name not yet in the
+// archive, a sparse file, a PAX global header or a corrupt stream fails
+// with an error wrapping ErrInput.
 func Build(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) (*Result, error) {
 	cfg := buildConfig{
 		chunkSize: DefaultChunkSize,

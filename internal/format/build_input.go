@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unicode/utf8"
 )
 
 // srcEntry is one entry of the input tar: its header blocks verbatim and
@@ -126,6 +127,16 @@ func checkHeader(hdr *tar.Header) (e *srcEntry, skip bool, err error) {
 	name, err := CleanName(hdr.Name)
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: %w", ErrInput, err)
+	}
+	// The TOC is JSON, whose strings cannot hold bytes that are not
+	// UTF-8: such a name would read back as another name.
+	if !utf8.ValidString(hdr.Name) || !utf8.ValidString(hdr.Linkname) {
+		return nil, false, fmt.Errorf("%w: %q: names that are not UTF-8 cannot be stored in a TOC", ErrInput, hdr.Name)
+	}
+	for k := range hdr.PAXRecords {
+		if !utf8.ValidString(k) {
+			return nil, false, fmt.Errorf("%w: %q: xattr names that are not UTF-8 cannot be stored in a TOC", ErrInput, hdr.Name)
+		}
 	}
 	switch name {
 	case TOCTarName, PrefetchLandmark, NoPrefetchLandmark:
