@@ -51,7 +51,7 @@ func gen(args []string, stdout, stderr io.Writer) error {
 	rng := rand.New(rand.NewPCG(*seed, 0x6e6962626c65))
 	root := buildTree(rng, *files)
 	w := bufio.NewWriterSize(stdout, 1<<20)
-	st, err := writeTree(w, rng, root)
+	st, err := writeTree(w, rng, root, *files)
 	if err != nil {
 		return err
 	}
@@ -154,8 +154,10 @@ import def return self class if else none true false value name path file data c
 string int len range lib usr share include static const void char struct package func type var`)
 
 // writeTree writes the tree depth first, each directory's entries sorted
-// by name, as a tar of a real tree would list them.
-func writeTree(w io.Writer, rng *rand.Rand, root *dirNode) (treeStats, error) {
+// by name, as a tar of a real tree would list them. It picks as the small
+// file the first of 500 to 2,000 bytes at depth 2 or more past 40% of the
+// files.
+func writeTree(w io.Writer, rng *rand.Rand, root *dirNode, files int) (treeStats, error) {
 	tw := tar.NewWriter(w)
 	var st treeStats
 	base := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -202,7 +204,7 @@ func writeTree(w io.Writer, rng *rand.Rand, root *dirNode) (treeStats, error) {
 			}
 			st.files++
 			st.bytes += int64(f.size)
-			if st.small == "" && d.depth >= 3 && f.size >= 500 && f.size <= 2000 && st.files > 40000 {
+			if st.small == "" && d.depth >= 2 && f.size >= 500 && f.size <= 2000 && st.files > files*2/5 {
 				st.small, st.smallSize = name, f.size
 			}
 			buf = buf[:0]

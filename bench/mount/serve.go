@@ -71,9 +71,11 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	root := fs.String("root", "", "state directory: chunk cache and layer mounts (required)")
 	mode := fs.String("mode", "image", "image: overlayfs over the layer filesystems, as nibble mount; layer: the bottom layer's filesystem alone")
 	background := fs.Bool("background", false, "fetch the rest of the layers in the background, as nibble mount does by default")
+	profileRate := fs.Int("memprofilerate", 16<<10, "runtime.MemProfileRate: bytes allocated per heap profile sample")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	runtime.MemProfileRate = *profileRate
 	if *ref == "" || *dir == "" || *root == "" {
 		return errors.New("-ref, -dir and -root are required")
 	}
