@@ -1,0 +1,227 @@
+package fidelity
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/linkproxy"
+	"nibble.dev/nibble/internal/registrytest"
+	"nibble.dev/nibble/internal/sample"
+	"nibble.dev/nibble/internal/tartest"
+)
+
+// The faults of the integrity test (issue 4, as in the fetch issue), as
+// fractions of blob GETs.
+var integrityFaults = linkproxy.Faults{
+	Seed:        4,
+	Match:       linkproxy.MatchBlobGets,
+	Flip:        0.15,
+	Truncate:    0.10,
+	Unavailable: 0.10,
+}
+
+// TestIntegrityMount mounts the sample image through a proxy that flips a
+// bit in 15% of blob responses, truncates 10% and answers 10% with 503,
+// and reads every regular file of the mount with an empty cache. No file
+// may read wrong bytes, and at least 90% must read right; the others may
+// fail with an I/O error.
+func TestIntegrityMount(t *testing.T) {
+	needRoot(t)
+	reg := registrytest.Start(t)
+	files := pushSample(t, reg.Repo("sample:latest"))
+	proxy := linkproxy.ForTest(t, reg.URL(), linkproxy.WithFaults(integrityFaults))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	m := mountImage(ctx, t, proxy.Addr()+"/sample:latest")
+	mounted := time.Since(start)
+
+	// Files in a random (but fixed) order, read by a few readers at once,
+	// so that requests are many and small rather than merged.
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	rand.New(rand.NewPCG(4, 4)).Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+	var (
+		mu            sync.Mutex
+		correct       int
+		wrong, failed []string
+		firstErr      error
+		work          = make(chan string)
+		wg            sync.WaitGroup
+		readers       = 8
+		readStart     = time.Now()
+		got           int64
+	)
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				sum, n, err := digestFile(filepath.Join(m.mount.Target, name))
+				mu.Lock()
+				switch {
+				case err != nil:
+					failed = append(failed, name)
+					if firstErr == nil {
+						firstErr = err
+					}
+				case sum != files[name]:
+					wrong = append(wrong, name)
+				default:
+					correct++
+					got += n
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, n := range names {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+
+	ps := proxy.Stats()
+	gets := 0
+	for _, r := range proxy.Records() {
+		if r.Method == "GET" && strings.Contains(r.Path, "/blobs/") {
+			gets++
+		}
+	}
+	var requests, failures int64
+	for _, l := range m.image.Layers {
+		s := l.Layer.Stats()
+		requests += s.Requests
+		failures += s.Failures
+	}
+	t.Logf("mounted in %v; %d files read in %v: %d correct (%.1f%%, %d bytes), %d wrong, %d errors",
+		mounted.Round(time.Millisecond), len(names), time.Since(readStart).Round(time.Millisecond), correct, 100*float64(correct)/float64(len(names)), got, len(wrong), len(failed))
+	t.Logf("proxy: %d blob GETs of %d requests; %d flipped, %d truncated, %d answered 503; %d bytes down",
+		gets, ps.Requests, ps.Flipped, ps.Truncated, ps.Unavailable, ps.BytesDown)
+	t.Logf("scheduler: %d range requests, %d members failed to decode or verify and were fetched again", requests, failures)
+	if len(failed) > 0 {
+		t.Logf("files that failed: %q; first error: %v", failed[:min(len(failed), 10)], firstErr)
+	}
+	if len(wrong) > 0 {
+		t.Errorf("%d files read with wrong bytes: %q", len(wrong), wrong[:min(len(wrong), 10)])
+	}
+	if correct*10 < len(names)*9 {
+		t.Errorf("only %d of %d files read correctly (want at least 90%%); first error: %v", correct, len(names), firstErr)
+	}
+	// The faults must have happened, at about their rates, or the test
+	// proves nothing.
+	const minGets = 100
+	if gets < minGets {
+		t.Errorf("only %d blob GETs: too few for the fault rates to mean anything (want %d)", gets, minGets)
+	}
+	for _, c := range []struct {
+		what string
+		n    int64
+		rate float64
+	}{
+		{"flipped", ps.Flipped, integrityFaults.Flip},
+		{"truncated", ps.Truncated, integrityFaults.Truncate},
+		{"answered 503", ps.Unavailable, integrityFaults.Unavailable},
+	} {
+		if r := float64(c.n) / float64(max(gets, 1)); r < c.rate/3 || r > c.rate*2 {
+			t.Errorf("%s %d of %d blob GETs (%.1f%%), want about %.0f%%", c.what, c.n, gets, 100*r, 100*c.rate)
+		}
+	}
+}
+
+// digestFile reads the file at p whole and returns its hex sha256 and
+// length.
+func digestFile(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", n, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// The sample image of the integrity test: small (8 MiB of files), with
+// small chunks and packs, so that reading it makes many requests.
+const (
+	sampleSize  = 8 << 20
+	sampleChunk = 64 << 10
+)
+
+// pushSample converts the sample image's layers with nibble's writer,
+// pushes the image to ref, and returns its regular files (hard links
+// included) as the source layers merged show them: cleaned name to the
+// hex sha256 of the content.
+func pushSample(t *testing.T, ref string) map[string]string {
+	t.Helper()
+	img, err := sample.Image(sample.WithSize(sampleSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers []*blobLayer
+	var entries [][]tartest.Entry
+	for _, l := range ls {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, nibbleLayer(t, src, format.WithChunkSize(sampleChunk), format.WithPackSize(sampleChunk)))
+		es, err := tartest.Entries(bytes.NewReader(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, es)
+	}
+	push(t, ref, buildImage(t, layers...))
+
+	merged := tartest.Merge(entries...)
+	files := map[string]string{}
+	for name, e := range merged {
+		switch e.Type {
+		case tar.TypeReg:
+		case tar.TypeLink:
+			target, ok := merged[tartest.CleanName(e.Linkname)]
+			if !ok || target.Type != tar.TypeReg {
+				continue
+			}
+			e = target
+		default:
+			continue
+		}
+		files[name] = e.SHA256
+	}
+	if len(files) < 100 {
+		t.Fatalf("the sample image has only %d regular files", len(files))
+	}
+	return files
+}
