@@ -97,17 +97,18 @@ log "building nibble and helpers"
 (cd "$root" && go build -o "$work/nibble" ./cmd/nibble && go build -o "$work/ociinfo" ./bench/ociinfo &&
 	go build -o "$work/buildlayer" ./bench/buildlayer)
 
-# timed NAME CMD...: runs CMD $runs times and
-# prints "WALL CPU" in seconds (CPU: user + system) of the run with the
-# median wall time.
-timed() {
-	local name=$1 i TIMEFORMAT='%R %U %S'
+# timeone NAME CMD...: runs CMD once and appends "WALL USER SYS" (seconds)
+# to $work/times.NAME.
+timeone() {
+	local name=$1 TIMEFORMAT='%R %U %S'
 	shift
-	: >"$work/times.$name"
-	for ((i = 0; i < runs; i++)); do
-		{ time "$@" 2>&3; } 3>&2 2>>"$work/times.$name"
-	done
-	awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/times.$name" | sort -n |
+	{ time "$@" 2>&3; } 3>&2 2>>"$work/times.$name"
+}
+
+# median NAME: prints "WALL CPU" (CPU: user + system) of NAME's run with
+# the median wall time.
+median() {
+	awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/times.$1" | sort -n |
 		awk '{ t[NR] = $0 } END { print t[int((NR + 1) / 2)] }'
 }
 
@@ -122,39 +123,42 @@ tar_bytes=$(stat -c %s "$rootfs_tar")
 tar_entries=$(tar -tf "$rootfs_tar" | wc -l)
 src_bytes=$(layer_size "$src")
 
-log "gzip -6 ($runs runs)"
 gzip_run() { gzip -6 -c "$rootfs_tar" >"$work/plain.tar.gz"; }
-read -r gzip_time gzip_cpu <<<"$(timed gzip gzip_run)"
-gzip_bytes=$(stat -c %s "$work/plain.tar.gz")
-
+build_run() { "$work/buildlayer" -tar "$rootfs_tar" >"$work/build.out"; }
 convert_to() { # DIR [FLAGS...]
 	local dir=$1
 	shift
 	rm -rf "$dir"
 	"$work/nibble" convert "$@" "oci:$src" "oci:$dir" </dev/null >/dev/null
 }
-
-log "format.Build alone ($runs runs)"
-build_run() { "$work/buildlayer" -tar "$rootfs_tar" >"$work/build.out"; }
-read -r build_time build_cpu <<<"$(timed build build_run)"
-build_bytes=$(awk '{ print $2 }' "$work/build.out")
-
-log "nibble convert ($runs runs)"
 gz_run() { convert_to "$work/gz"; }
-read -r gz_time gz_cpu <<<"$(timed gz gz_run)"
+gz1_run() { GOMAXPROCS=1 convert_to "$work/gz1"; }
+zstd_run() { convert_to "$work/zstd" --zstd; }
+
+# Rounds interleave the commands, so that each sees the same share of
+# whatever else the machine is doing.
+for ((round = 1; round <= runs; round++)); do
+	log "round $round of $runs: gzip -6, format.Build, nibble convert (default, GOMAXPROCS=1, --zstd)"
+	timeone gzip gzip_run
+	timeone build build_run
+	timeone gz gz_run
+	timeone gz1 gz1_run
+	timeone zstd zstd_run
+done
+read -r gzip_time gzip_cpu <<<"$(median gzip)"
+read -r build_time build_cpu <<<"$(median build)"
+read -r gz_time gz_cpu <<<"$(median gz)"
+read -r gz1_time gz1_cpu <<<"$(median gz1)"
+read -r zstd_time zstd_cpu <<<"$(median zstd)"
+gzip_bytes=$(stat -c %s "$work/plain.tar.gz")
+build_bytes=$(awk '{ print $2 }' "$work/build.out")
 gz_bytes=$(layer_size "$work/gz")
 gz_digest=$(manifest_digest "$work/gz")
-
-log "nibble convert --zstd ($runs runs)"
-zstd_run() { convert_to "$work/zstd" --zstd; }
-read -r zstd_time zstd_cpu <<<"$(timed zstd zstd_run)"
+gz1_digest=$(manifest_digest "$work/gz1")
 zstd_bytes=$(layer_size "$work/zstd")
 zstd_digest=$(manifest_digest "$work/zstd")
 
-log "nibble convert with GOMAXPROCS=1 and GOMAXPROCS=2"
-gz1_run() { GOMAXPROCS=1 convert_to "$work/gz1"; }
-read -r gz1_time gz1_cpu <<<"$(timed gz1 gz1_run)"
-gz1_digest=$(manifest_digest "$work/gz1")
+log "digests with GOMAXPROCS=2 (gzip) and GOMAXPROCS=1 (zstd)"
 GOMAXPROCS=2 convert_to "$work/gz2"
 gz2_digest=$(manifest_digest "$work/gz2")
 GOMAXPROCS=1 convert_to "$work/zstd1" --zstd
@@ -174,7 +178,7 @@ echo "nibble convert benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
 echo "machine: $(nproc) CPUs ($cpu), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1e6 }' /proc/meminfo), $(go version | awk '{ print $3 }'), $(uname -r)"
 echo "input:   Debian $suite minbase + python3: tar $(mb "$tar_bytes") MB, $tar_entries entries; source layer (gzip -6) $(mb "$src_bytes") MB"
 echo "load:    $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after (1, 5, 15-minute load averages)"
-echo "times:   median of $runs runs, wall clock; MB/s = uncompressed tar MB (1e6 bytes) per second"
+echo "times:   median of $runs interleaved runs, wall clock; MB/s = uncompressed tar MB (1e6 bytes) per second"
 echo
 printf '%-34s %7s %7s %7s %10s %7s %7s\n' "" "wall s" "cpu s" "MB/s" "output MB" "speed" "size"
 row() { # LABEL WALL CPU BYTES
