@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -281,24 +282,37 @@ func (s *Scheduler) enqueue(jobs []*job) {
 	s.cond.Broadcast()
 }
 
-// promote moves a queued job to a higher priority.
-func (s *Scheduler) promote(j *job, p Priority) {
+// split moves members ms of queued job j to a new job of priority p, so
+// that an on-demand read does not wait for (or promote) the rest of a
+// large background job. It returns the job that now holds ms, or nil when
+// j is already running (or at priority p or higher).
+func (s *Scheduler) split(j *job, ms []int, p Priority) *job {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if j.taken || j.prio <= p || s.closed {
-		return
+		return nil
 	}
-	// The old queue entry is skipped when popped: a job is run once.
-	q := s.queues[j.prio]
-	for i, x := range q {
-		if x == j {
-			s.queues[j.prio] = append(q[:i:i], q[i+1:]...)
-			break
+	rest := make([]int, 0, len(j.members))
+	for _, m := range j.members {
+		if !slices.Contains(ms, m) {
+			rest = append(rest, m)
 		}
 	}
-	j.prio = p
-	s.queues[p] = append(s.queues[p], j)
+	if len(rest) == 0 {
+		q := s.queues[j.prio]
+		if i := slices.Index(q, j); i >= 0 {
+			s.queues[j.prio] = slices.Delete(q, i, i+1)
+		}
+		j.prio = p
+		s.queues[p] = append(s.queues[p], j)
+		s.cond.Broadcast()
+		return j
+	}
+	j.members = rest
+	nj := &job{l: j.l, members: ms, prio: p}
+	s.queues[p] = append(s.queues[p], nj)
 	s.cond.Broadcast()
+	return nj
 }
 
 // drop removes l's queued jobs and fails their flights.

@@ -250,11 +250,12 @@ func (l *Layer) readAhead(from, to int) {
 }
 
 // ensure returns the flight of each chunk in cis, starting fetches for
-// members not yet in flight and promoting queued ones to prio.
+// members not yet in flight and moving members queued at a lower priority
+// into a job of prio.
 func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 	out := make([]*flight, len(cis))
 	var start []int
-	var promote []*job
+	raise := map[*job][]int{}
 	l.mu.Lock()
 	for k, ci := range cis {
 		m := int(l.chunkMember[ci])
@@ -269,8 +270,8 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 			f = &flight{done: make(chan struct{})}
 			l.flights[m] = f
 			start = append(start, m)
-		} else if f.job != nil && f.job.prio > prio {
-			promote = append(promote, f.job)
+		} else if f.job != nil && f.job.prio > prio && !slices.Contains(raise[f.job], m) {
+			raise[f.job] = append(raise[f.job], m)
 		}
 		out[k] = f
 	}
@@ -282,10 +283,15 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 			l.flights[m].job = j
 		}
 	}
-	l.mu.Unlock()
-	for _, j := range promote {
-		l.s.promote(j, prio)
+	for j, ms := range raise {
+		slices.Sort(ms)
+		if nj := l.s.split(j, ms, prio); nj != nil {
+			for _, m := range ms {
+				l.flights[m].job = nj
+			}
+		}
 	}
+	l.mu.Unlock()
 	l.s.enqueue(jobs)
 	return out
 }

@@ -423,3 +423,27 @@ func TestCloseDropsQueuedFetches(t *testing.T) {
 		t.Errorf("read after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestDemandSplitsBackgroundJob: a read of a small file whose member sits
+// in a queued background job fetches that member alone.
+func TestDemandSplitsBackgroundJob(t *testing.T) {
+	src, files := manyFiles(t, 300)
+	b := buildLayer(t, src)
+	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(time.Hour), fetch.WithReadAhead(0))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	l.Background()
+	ms.Reset()
+	const name = "d/f0151"
+	id, _ := l.Index.LookupPath(name)
+	if got := readFile(t, l, id); !bytes.Equal(got, files[name]) {
+		t.Fatal("wrong bytes")
+	}
+	var fetched int64
+	for _, r := range ms.Requests() {
+		fetched += r.Len
+	}
+	if fetched == 0 || fetched > 1<<20 {
+		t.Errorf("reading a %d-byte file fetched %d bytes of a %d-byte layer", len(files[name]), fetched, len(b.blob))
+	}
+}
