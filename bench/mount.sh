@@ -405,24 +405,44 @@ done
 
 # nibble mount itself (CLI, background server started on demand), if it
 # works in this tree: wall time of the command, with a fresh root.
+# cli_run I: one fresh nibble mount, timed, then nibble umount and the
+# server's exit (killed if it lingers).
+cli_run() {
+	local croot=$work/cli.$1 addr=$work/cli.$1.sock pid
+	mkdir -p "$work/cli.mnt"
+	drop
+	if ! timed cli "$work/nibble" mount --root "$croot" --address "$addr" "$pref" "$work/cli.mnt" 2>"$work/cli.err"; then
+		sed -i '$d' "$work/times.cli"
+		return 1
+	fi
+	pid=$("$work/nibble" status --json --address "$addr" 2>/dev/null | jq -r '.pid // empty')
+	if ! "$work/nibble" umount --address "$addr" "$work/cli.mnt" >/dev/null 2>>"$work/cli.err"; then
+		umount -l "$work/cli.mnt" 2>/dev/null
+	fi
+	for _ in $(seq 100); do
+		"$work/nibble" status --address "$addr" >/dev/null 2>&1 || return 0
+		sleep 0.1
+	done
+	echo "the server did not exit after nibble umount" >>"$work/cli.err"
+	[[ -z $pid ]] || kill "$pid" 2>/dev/null
+	return 1
+}
 cli_mount=
 if "$work/nibble" mount --help >/dev/null 2>&1; then
 	log "nibble mount (the command) through linkproxy"
 	for ((i = 1; i <= runs; i++)); do
-		rm -rf "$work/cli.root"
-		mkdir -p "$work/cli.mnt"
-		drop
-		addr=$work/cli.sock
-		if ! timed cli "$work/nibble" mount --root "$work/cli.root" --address "$addr" "$pref" "$work/cli.mnt" 2>"$work/cli.err"; then
-			log "nibble mount failed: $(tail -1 "$work/cli.err")"
-			rm -f "$work/times.cli"
+		if ! cli_run "$i"; then
+			log "nibble mount: $(tail -1 "$work/cli.err")"
 			break
 		fi
-		"$work/nibble" umount --address "$addr" "$work/cli.mnt" >/dev/null 2>&1 || umount -l "$work/cli.mnt" 2>/dev/null || true
-		sleep 2.5 # the server exits once it serves no mount
 	done
 	[[ ! -s $work/times.cli ]] || cli_mount=$(median cli | cut -d' ' -f1)
 fi
+
+# The raw measurements, kept for a look after the run.
+rm -rf "$cache/mount-$files.last"
+mkdir -p "$cache/mount-$files.last"
+cp "$work"/times.* "$work"/mount_* "$work"/ttfb_* "$work"/rss.* "$work"/heap.*.pprof "$work/bm" "$cache/mount-$files.last/" 2>/dev/null || true
 
 # --- Report ------------------------------------------------------------------
 
