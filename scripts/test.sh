@@ -16,6 +16,7 @@ set -uo pipefail
 # Debian packages the tests need: one per line.
 apt_packages=(
 	docker-registry # internal/registrytest: the real registry
+	umoci           # internal/fidelity: the reference extractor mounts are compared with
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
