@@ -665,3 +665,20 @@ func TestObjectsDirRemoved(t *testing.T) {
 	}
 	mustGet(t, c, d, b)
 }
+
+func TestPutVerified(t *testing.T) {
+	c, err := Open(t.TempDir(), WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b := []byte("verified by the caller")
+	d := digest.FromBytes(b)
+	if err := c.PutVerified(d, b); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(b))
+	if ok, err := c.Get(d, got); !ok || err != nil || string(got) != string(b) {
+		t.Fatalf("Get = %v, %v, %q", ok, err, got)
+	}
+}

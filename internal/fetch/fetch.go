@@ -191,6 +191,12 @@ type Scheduler struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// writes feeds the store writers; storeWG waits for them, sending
+	// for the goroutines handing them work.
+	writes  chan func()
+	storeWG sync.WaitGroup
+	sending sync.WaitGroup
+
 	mu         sync.Mutex
 	cond       *sync.Cond
 	queues     [3][]*job
@@ -220,11 +226,52 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s.mem = newMemCache(s.memSize)
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.writes = make(chan func(), 4*s.workers)
+	for range storeWriters {
+		s.storeWG.Add(1)
+		go func() {
+			defer s.storeWG.Done()
+			for w := range s.writes {
+				w()
+			}
+		}()
+	}
 	for range s.workers {
 		s.wg.Add(1)
 		go s.worker()
 	}
 	return s, nil
+}
+
+// storeWriters is how many goroutines write chunks to the store.
+const storeWriters = 2
+
+// storeAsync runs w on a store writer, waiting for room in the queue
+// (which holds a few jobs' chunks). After Close it runs w at once.
+func (s *Scheduler) storeAsync(w func()) {
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.sending.Add(1)
+	}
+	s.mu.Unlock()
+	if closed {
+		w()
+		return
+	}
+	s.writes <- w
+	s.sending.Done()
+}
+
+// put stores a verified chunk, without hashing it again when the store
+// can trust the scheduler's check.
+func (s *Scheduler) put(d digest.Digest, b []byte) error {
+	if p, ok := s.store.(interface {
+		PutVerified(digest.Digest, []byte) error
+	}); ok {
+		return p.PutVerified(d, b)
+	}
+	return s.store.Put(d, b)
 }
 
 // Close stops the workers; reads waiting for fetches fail with ErrClosed.
@@ -252,6 +299,10 @@ func (s *Scheduler) Close() error {
 			}
 		}
 	}
+	// Chunks fetched before Close are still stored.
+	s.sending.Wait()
+	close(s.writes)
+	s.storeWG.Wait()
 	return nil
 }
 

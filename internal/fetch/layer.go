@@ -448,26 +448,31 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		}
 		close(f.done)
 	}
-	for _, m := range j.members {
-		d, ok := data[m]
-		if !ok {
-			continue
-		}
-		for k, ci := range l.members[m].chunks {
-			if c := &l.chunks[ci]; c.HasDigest() {
-				if err := l.s.store.Put(c.digest(), d[k]); err != nil {
-					l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
+	// Storing is left to the store writers, off the fetch workers: a
+	// chunk file is synced before it is renamed into place. The flights
+	// are retired once their chunks are stored (see ensure).
+	l.s.storeAsync(func() {
+		for _, m := range j.members {
+			d, ok := data[m]
+			if !ok {
+				continue
+			}
+			for k, ci := range l.members[m].chunks {
+				if c := &l.chunks[ci]; c.HasDigest() {
+					if err := l.s.put(c.digest(), d[k]); err != nil {
+						l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
+					}
 				}
 			}
 		}
-	}
-	l.mu.Lock()
-	for i, m := range j.members {
-		if l.flights[m] == flights[i] {
-			delete(l.flights, m)
+		l.mu.Lock()
+		for i, m := range j.members {
+			if l.flights[m] == flights[i] {
+				delete(l.flights, m)
+			}
 		}
-	}
-	l.mu.Unlock()
+		l.mu.Unlock()
+	})
 }
 
 // Prefetch queues, at prefetch priority, every member that starts before
