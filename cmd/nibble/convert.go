@@ -15,6 +15,7 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 
 	"nibble.dev/nibble/internal/convert"
+	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/imageref"
 )
 
@@ -114,7 +115,7 @@ same input and options always give the same digest.`,
 	f.BoolVar(&noPrefetch, "no-prefetch", false, "mark layers so that readers prefetch nothing")
 	f.Var(sizeValue{&chunkSize}, "chunk-size", "largest chunk of a file, e.g. 4MiB or 4194304 (default 4MiB)")
 	f.BoolVar(&zstd, "zstd", false, "write zstd:chunked layers instead of gzip eStargz")
-	f.IntVar(&level, "compression-level", 0, "compression level: 1-9 for gzip (default 6), 1-4 for zstd (default 3)")
+	f.IntVar(&level, "compression-level", 0, fmt.Sprintf("compression level: 1-9 for gzip (default %d), 1-22 for zstd (default %d)", format.DefaultGzipLevel, format.DefaultZstdLevel))
 	f.StringArrayVar(&platforms, "platform", nil, "convert only this platform of a multi-platform image, os/arch[/variant] (repeatable)")
 	f.BoolVar(&plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not on loopback")
 	cmd.MarkFlagsMutuallyExclusive("prefetch-list", "no-prefetch")
