@@ -78,6 +78,8 @@ func (d *ChunkDecoder) gunzip(src []byte, skip int64, dst []byte) error {
 }
 
 // withGunzip runs read on a reader of the one gzip member at src's start.
+// A member of stored blocks only (incompressible data) is read straight
+// from src.
 func (d *ChunkDecoder) withGunzip(src []byte, read func(r io.Reader, scratch []byte) error) error {
 	st, _ := d.gz.Get().(*gzipState)
 	if st == nil {
@@ -87,6 +89,11 @@ func (d *ChunkDecoder) withGunzip(src []byte, read func(r io.Reader, scratch []b
 		st.br.Reset(nil)
 		d.gz.Put(st)
 	}()
+	if sr, err := newStoredReader(src); err == nil {
+		if err := read(sr, st.scratch[:]); !errors.Is(err, errNotStored) {
+			return err
+		}
+	}
 	st.br.Reset(src)
 	if err := st.zr.Reset(&st.br); err != nil {
 		return err
