@@ -362,6 +362,7 @@ for ((i = 1; i <= runs; i++)); do
 		if ((i == 1)) && [[ $v == nibble_* ]]; then
 			# Memory after mounting and walking once.
 			name=${v#nibble_}
+			ask "$name" rssnow >"$work/rssnow.$name"
 			ask "$name" rss >"$work/rss.$name"
 			ask "$name" "heap $work/heap.$name.pprof" >/dev/null
 		fi
@@ -416,6 +417,11 @@ cli_run() {
 		return 1
 	fi
 	pid=$("$work/nibble" status --json --address "$addr" 2>/dev/null | jq -r '.pid // empty')
+	# The server's resident set as the mount returns (no forced GC; the
+	# TOC's decoding is still in it) and 5 s later.
+	[[ -z $pid ]] || awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" >>"$work/cli_rss"
+	sleep 5
+	[[ -z $pid ]] || awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" >>"$work/cli_rss5"
 	if ! "$work/nibble" umount --address "$addr" "$work/cli.mnt" >/dev/null 2>>"$work/cli.err"; then
 		umount -l "$work/cli.mnt" 2>/dev/null
 	fi
@@ -442,7 +448,7 @@ fi
 # The raw measurements, kept for a look after the run.
 rm -rf "$cache/mount-$files.last"
 mkdir -p "$cache/mount-$files.last"
-cp "$work"/times.* "$work"/mount_* "$work"/ttfb_* "$work"/rss.* "$work"/heap.*.pprof "$work/bm" "$cache/mount-$files.last/" 2>/dev/null || true
+cp "$work"/times.* "$work"/mount_* "$work"/ttfb_* "$work"/rss* "$work"/cli_rss* "$work"/heap.*.pprof "$work/bm" "$cache/mount-$files.last/" 2>/dev/null || true
 
 # --- Report ------------------------------------------------------------------
 
@@ -489,8 +495,9 @@ for name in image layer; do
 	rssmgc=$(stat_field "${!r}" rss_mounted_gc_kb)
 	line=$(cat "$work/rss.$name")
 	rssw=$(stat_field "$line" rss_kb)
-	printf '  %-6s before mount %6d KiB; mounted %6d KiB (%6d before GC); after one ls -lR %6d KiB: %s bytes/entry\n' \
-		"$name" "$rss0" "$rssmgc" "$rssm" "$rssw" "$(per_entry "$rssw" "$rss0")"
+	printf '  %-6s before mount %6d KiB; mounted %6d KiB (%6d before GC); after one ls -lR %6d KiB (%6d before GC): %s bytes/entry\n' \
+		"$name" "$rss0" "$rssmgc" "$rssm" "$rssw" "$(stat_field "$(cat "$work/rssnow.$name")" rss_kb)" "$(per_entry "$rssw" "$rss0")"
+	echo "         go runtime before the mount: heap_inuse=$(stat_field "${!r}" heap_inuse0) gc_sys=$(stat_field "${!r}" gc_sys0)"
 	echo "         go runtime after the walk: ${line#rss }"
 done
 echo "  heap profile (inuse_space) of the image-mode process after the walk, top 12:"
@@ -521,6 +528,10 @@ for bg in off on; do
 done
 if [[ -n $cli_mount ]]; then
 	printf '  nibble mount, the command (fresh root, starts its server): %.1f ms wall\n' "$(awk -v s="$cli_mount" 'BEGIN { print s * 1000 }')"
+	if [[ -s $work/cli_rss ]]; then
+		printf '  nibble serve RSS (no forced GC): %s KiB as nibble mount returns, %s KiB 5 s later (background fetch on)\n' \
+			"$(median_of "$work/cli_rss")" "$(median_of "$work/cli_rss5")"
+	fi
 else
 	echo "  nibble mount, the command: not measured (the command failed or is missing)"
 fi

@@ -18,6 +18,7 @@
 //
 //	rss          runtime.GC and debug.FreeOSMemory, then VmRSS and the Go
 //	             runtime's memory classes
+//	rssnow       VmRSS as it is, without a GC
 //	heap FILE    runtime.GC, then the heap profile (inuse) to FILE
 //	stats        the layer's fetch counters
 //	ttfb PATH    open DIR/PATH, time the first byte, then read it to the end

@@ -98,6 +98,8 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	defer sched.Close()
 	rss0 := gcRSS()
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 
 	t0 := time.Now()
 	s, err := mountImage(ctx, sched, *ref, *dir, *root, *mode, *background)
@@ -109,8 +111,8 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	rssMounted := rss()
 	rssMountedGC := gcRSS()
 	bytes, reqs := s.fetched()
-	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d pid=%d\n",
-		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, os.Getpid())
+	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d pid=%d heap_inuse0=%d gc_sys0=%d\n",
+		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, os.Getpid(), ms0.HeapInuse, ms0.GCSys)
 
 	lines := make(chan string)
 	go func() {
@@ -140,6 +142,8 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "rss rss_kb=%d anon_kb=%d heap_alloc=%d heap_inuse=%d heap_idle_unreleased=%d stack_inuse=%d mspan=%d gc_sys=%d other_sys=%d buckhash=%d\n",
 				kb, procStatus("RssAnon"), ms.HeapAlloc, ms.HeapInuse, ms.HeapIdle-ms.HeapReleased, ms.StackInuse,
 				ms.MSpanInuse, ms.GCSys, ms.OtherSys, ms.BuckHashSys)
+		case "rssnow":
+			fmt.Fprintf(stdout, "rssnow rss_kb=%d\n", rss())
 		case "heap":
 			runtime.GC()
 			f, err := os.Create(arg)
