@@ -224,6 +224,7 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 		}
 	}
 	s.mem = newMemCache(s.memSize)
+	s.noteDemand()
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.writes = make(chan func(), 4*s.workers)

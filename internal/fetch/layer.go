@@ -482,8 +482,10 @@ func (l *Layer) Prefetch(upTo int64) {
 }
 
 // Background queues every member not yet present at background priority:
-// it runs only while no on-demand reads happen.
+// it starts once a quiet period has passed since the later of this call
+// and the last on-demand read, and yields to on-demand reads.
 func (l *Layer) Background() {
+	l.s.noteDemand()
 	l.queueMissing(func(*member) bool { return true }, Background)
 }
 
