@@ -93,7 +93,8 @@ cleanup() {
 	for m in $(awk -v w="$work" '$5 == w || index($5, w "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
 		umount -l "$m" 2>/dev/null || true
 	done
-	rm -rf "$work"
+	# A server that was just killed may still be writing its cache.
+	rm -rf "$work" 2>/dev/null || { sleep 2 && rm -rf "$work"; }
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -497,7 +498,7 @@ for name in image layer; do
 	rssw=$(stat_field "$line" rss_kb)
 	printf '  %-6s before mount %6d KiB; mounted %6d KiB (%6d before GC); after one ls -lR %6d KiB (%6d before GC): %s bytes/entry\n' \
 		"$name" "$rss0" "$rssmgc" "$rssm" "$rssw" "$(stat_field "$(cat "$work/rssnow.$name")" rss_kb)" "$(per_entry "$rssw" "$rss0")"
-	echo "         go runtime before the mount: heap_inuse=$(stat_field "${!r}" heap_inuse0) gc_sys=$(stat_field "${!r}" gc_sys0)"
+	echo "         before the mount: anon_kb=$(stat_field "${!r}" anon0_kb) heap_inuse=$(stat_field "${!r}" heap_inuse0) gc_sys=$(stat_field "${!r}" gc_sys0)"
 	echo "         go runtime after the walk: ${line#rss }"
 done
 echo "  heap profile (inuse_space) of the image-mode process after the walk, top 12:"

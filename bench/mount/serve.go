@@ -98,6 +98,7 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	defer sched.Close()
 	rss0 := gcRSS()
+	anon0 := procStatus("RssAnon")
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 
@@ -111,8 +112,8 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	rssMounted := rss()
 	rssMountedGC := gcRSS()
 	bytes, reqs := s.fetched()
-	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d pid=%d heap_inuse0=%d gc_sys0=%d\n",
-		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, os.Getpid(), ms0.HeapInuse, ms0.GCSys)
+	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d pid=%d heap_inuse0=%d gc_sys0=%d anon0_kb=%d\n",
+		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, os.Getpid(), ms0.HeapInuse, ms0.GCSys, anon0)
 
 	lines := make(chan string)
 	go func() {
