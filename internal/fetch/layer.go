@@ -15,11 +15,13 @@ import (
 	"nibble.dev/nibble/internal/format"
 )
 
-// member is one compressed unit of the blob and the chunks it holds.
+// member is one compressed unit of the blob; the chunks it holds are
+// Layer.order[first:first+n] (indexes into Layer.chunks, by Inner).
 type member struct {
-	off    int64
-	clen   uint32
-	chunks []uint32 // indexes into Layer.chunks, by Inner
+	off   int64
+	clen  uint32
+	first uint32
+	n     uint32
 }
 
 // flight is one member being fetched; its readers wait on done.
@@ -44,6 +46,7 @@ type Layer struct {
 	kind            format.Kind
 	chunks          []Chunk
 	members         []member // by offset
+	order           []uint32 // chunk indexes by (offset, inner): members' chunks
 	chunkMember     []uint32
 	allowUnverified bool
 
@@ -74,22 +77,30 @@ func (s *Scheduler) Layer(src Source, kind format.Kind, chunks []Chunk, opts ...
 		return cmpInt64(int64(ca.Inner), int64(cb.Inner))
 	})
 	l.chunkMember = make([]uint32, len(chunks))
-	for _, ci := range order {
+	l.order = order
+	for k, ci := range order {
 		c := &chunks[ci]
 		n := len(l.members)
 		if n == 0 || l.members[n-1].off != c.Off {
 			if n > 0 && l.members[n-1].off+int64(l.members[n-1].clen) > c.Off {
 				return nil, fmt.Errorf("fetch: members at %d and %d overlap", l.members[n-1].off, c.Off)
 			}
-			l.members = append(l.members, member{off: c.Off, clen: c.CLen})
+			l.members = append(l.members, member{off: c.Off, clen: c.CLen, first: uint32(k)})
 			n++
 		} else if l.members[n-1].clen != c.CLen {
 			return nil, fmt.Errorf("fetch: chunks of the member at %d disagree on its length", c.Off)
 		}
-		l.members[n-1].chunks = append(l.members[n-1].chunks, ci)
+		l.members[n-1].n++
 		l.chunkMember[ci] = uint32(n - 1)
 	}
+	l.members = slices.Clip(append([]member(nil), l.members...))
 	return l, nil
+}
+
+// chunksOf returns the chunks of member m, by inner offset.
+func (l *Layer) chunksOf(m int) []uint32 {
+	mb := &l.members[m]
+	return l.order[mb.first : mb.first+mb.n]
 }
 
 func cmpInt64(a, b int64) int {
@@ -222,8 +233,7 @@ func copyChunk(p []byte, off, end int64, c *Chunk, b []byte) {
 
 // chunk returns chunk ci's bytes from a finished flight.
 func (f *flight) chunk(l *Layer, ci int) []byte {
-	m := &l.members[l.chunkMember[ci]]
-	for k, x := range m.chunks {
+	for k, x := range l.chunksOf(int(l.chunkMember[ci])) {
 		if int(x) == ci {
 			return f.data[k]
 		}
@@ -299,9 +309,9 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 // landed returns a finished flight for member m if all its chunks are in
 // memory or in the store, and nil otherwise.
 func (l *Layer) landed(m int) *flight {
-	mb := &l.members[m]
-	data := make([][]byte, len(mb.chunks))
-	for k, ci := range mb.chunks {
+	cis := l.chunksOf(m)
+	data := make([][]byte, len(cis))
+	for k, ci := range cis {
 		if data[k] = l.local(int(ci)); data[k] == nil {
 			return nil
 		}
@@ -402,9 +412,10 @@ func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
 	if int64(len(src)) < int64(mb.clen) {
 		return nil, fmt.Errorf("fetch: member at %d: short read", mb.off)
 	}
-	cs := make([]format.Chunk, len(mb.chunks))
-	dsts := make([][]byte, len(mb.chunks))
-	for k, ci := range mb.chunks {
+	cis := l.chunksOf(m)
+	cs := make([]format.Chunk, len(cis))
+	dsts := make([][]byte, len(cis))
+	for k, ci := range cis {
 		c := &l.chunks[ci]
 		var d digest.Digest
 		if c.HasDigest() {
@@ -437,7 +448,7 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		f := flights[i]
 		if d, ok := data[m]; ok {
 			f.data = d
-			for k, ci := range l.members[m].chunks {
+			for k, ci := range l.chunksOf(m) {
 				l.s.mem.put(l, int(ci), d[k])
 			}
 		} else {
@@ -457,7 +468,7 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 			if !ok {
 				continue
 			}
-			for k, ci := range l.members[m].chunks {
+			for k, ci := range l.chunksOf(m) {
 				if c := &l.chunks[ci]; c.HasDigest() {
 					if err := l.s.put(c.digest(), d[k]); err != nil {
 						l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
@@ -499,7 +510,7 @@ func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
 		if !want(m) {
 			continue
 		}
-		for _, ci := range m.chunks {
+		for _, ci := range l.chunksOf(mi) {
 			c := &l.chunks[ci]
 			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
 				cis = append(cis, int(ci))
@@ -527,7 +538,7 @@ func (l *Layer) Close() {
 func (l *Layer) Missing() int {
 	n := 0
 	for mi := range l.members {
-		for _, ci := range l.members[mi].chunks {
+		for _, ci := range l.chunksOf(mi) {
 			c := &l.chunks[ci]
 			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
 				n++

@@ -228,7 +228,25 @@ func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 		}
 	}
 	b.link()
-	return b.x, nil
+	// The tables grew by doubling: keep exactly what they hold, since they
+	// live as long as the layer is mounted.
+	x := b.x
+	x.strs = exact(x.strs)
+	x.nodes = exact(x.nodes)
+	x.dirents = exact(x.dirents)
+	x.chunks = exact(x.chunks)
+	x.xattrs = exact(x.xattrs)
+	return x, nil
+}
+
+// exact returns a copy of s whose capacity is its length.
+func exact[T any](s []T) []T {
+	if len(s) == cap(s) {
+		return s
+	}
+	out := make([]T, len(s))
+	copy(out, s)
+	return out
 }
 
 type indexBuilder struct {
