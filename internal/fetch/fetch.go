@@ -227,7 +227,9 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s.noteDemand()
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.writes = make(chan func(), 4*s.workers)
+	// A job holds up to WithMaxRequest bytes: keep the queue short, so
+	// that memory stays bounded when the store is slower than the link.
+	s.writes = make(chan func(), s.workers)
 	for range storeWriters {
 		s.storeWG.Add(1)
 		go func() {
