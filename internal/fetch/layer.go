@@ -461,8 +461,13 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 	}
 	// Storing is left to the store writers, off the fetch workers: a
 	// chunk file is synced before it is renamed into place. The flights
-	// are retired once their chunks are stored (see ensure).
-	l.s.storeAsync(func() {
+	// are retired once their chunks are stored (see ensure); with nothing
+	// to store (a failed or dropped job), at once.
+	store := l.s.storeAsync
+	if len(data) == 0 {
+		store = func(w func()) { w() }
+	}
+	store(func() {
 		for _, m := range j.members {
 			d, ok := data[m]
 			if !ok {
