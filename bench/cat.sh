@@ -76,57 +76,10 @@ log "building nibble, linkproxy and the input generator"
 (cd "$root" && go build -o "$work/nibble" ./cmd/nibble && go build -o "$work/linkproxy" ./cmd/linkproxy &&
 	go build -o "$work/gen" ./bench/cat && go build -o "$work/mkoci" ./bench/mkoci)
 
-if ! command -v docker-registry >/dev/null; then
-	log "installing docker-registry"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null
-	# The package's own service listens on all interfaces with htpasswd
-	# auth; this benchmark runs its own instance.
-	systemctl disable --now docker-registry >/dev/null 2>&1 || true
-fi
-
-# start_registry STORAGE: runs docker-registry on a free loopback port with
-# its own config (filesystem storage in STORAGE, no auth) and sets $reg to
-# its host:port once /v2/ answers.
-start_registry() {
-	local storage=$1 try port cfg pid
-	for try in 1 2 3 4 5; do
-		port=$((20000 + RANDOM % 12000))
-		cfg=$work/registry-$port.yml
-		cat >"$cfg" <<-EOF
-			version: 0.1
-			log:
-			  level: warn
-			  accesslog:
-			    disabled: true
-			storage:
-			  filesystem:
-			    rootdirectory: "$storage"
-			  maintenance:
-			    uploadpurging:
-			      enabled: false
-			http:
-			  addr: "127.0.0.1:$port"
-			  secret: nibble-bench
-		EOF
-		docker-registry serve "$cfg" >"$work/registry.log" 2>&1 &
-		pid=$!
-		for _ in $(seq 100); do
-			if curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null; then
-				pids+=("$pid")
-				reg=127.0.0.1:$port
-				return
-			fi
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	cat "$work/registry.log" >&2
-	echo "cat.sh: docker-registry did not start" >&2
-	exit 1
-}
+bench=cat.sh
+# shellcheck source=bench/registry.sh
+. "$root/bench/registry.sh"
+ensure_docker_registry
 
 # start_proxy NAME ARGS...: runs linkproxy in front of the registry and
 # sets $proxy to its host:port; its output goes to $work/NAME.out.
