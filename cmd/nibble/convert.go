@@ -24,6 +24,7 @@ func newConvertCommand() *cobra.Command {
 		prefetchList string
 		noPrefetch   bool
 		chunkSize    int64
+		packSize     int64
 		zstd         bool
 		level        int
 		platforms    []string
@@ -74,6 +75,9 @@ same input and options always give the same digest.`,
 			if chunkSize != 0 {
 				opts = append(opts, convert.WithChunkSize(chunkSize))
 			}
+			if cmd.Flags().Changed("pack-size") {
+				opts = append(opts, convert.WithPackSize(packSize))
+			}
 			if zstd {
 				opts = append(opts, convert.WithZstd())
 			}
@@ -114,6 +118,7 @@ same input and options always give the same digest.`,
 	f.StringVar(&prefetchList, "prefetch-list", "", "file listing paths to prefetch, one per line, in order; they are put first in each layer")
 	f.BoolVar(&noPrefetch, "no-prefetch", false, "mark layers so that readers prefetch nothing")
 	f.Var(sizeValue{&chunkSize}, "chunk-size", "largest chunk of a file, e.g. 4MiB or 4194304 (default 4MiB)")
+	f.Var(sizeValue{&packSize}, "pack-size", "small files share compressed members up to this size (default 256KiB); 0 gives each file its own, as stargz-snapshotter's verifier requires")
 	f.BoolVar(&zstd, "zstd", false, "write zstd:chunked layers instead of gzip eStargz")
 	f.IntVar(&level, "compression-level", 0, fmt.Sprintf("compression level: 1-9 for gzip (default %d), 1-22 for zstd (default %d)", format.DefaultGzipLevel, format.DefaultZstdLevel))
 	f.StringArrayVar(&platforms, "platform", nil, "convert only this platform of a multi-platform image, os/arch[/variant] (repeatable)")

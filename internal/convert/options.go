@@ -21,6 +21,7 @@ type config struct {
 	prefetch    []string
 	noPrefetch  bool
 	chunkSize   int64
+	packSize    int64 // -1: the format's default
 	compression format.Compression
 	level       int
 	levelSet    bool
@@ -32,7 +33,7 @@ type config struct {
 }
 
 func makeConfig(opts []Option) (config, error) {
-	c := config{jobs: DefaultLayerJobs}
+	c := config{jobs: DefaultLayerJobs, packSize: -1}
 	for _, o := range opts {
 		if err := o(&c); err != nil {
 			return config{}, fmt.Errorf("convert: %w", err)
@@ -71,6 +72,20 @@ func WithChunkSize(n int64) Option {
 			return fmt.Errorf("chunk size %d out of range [1KiB, 1GiB]", n)
 		}
 		c.chunkSize = n
+		return nil
+	}
+}
+
+// WithPackSize sets the uncompressed size up to which small files share one
+// compressed member (default format.DefaultPackSize). 0 gives every file a
+// member of its own: stargz-snapshotter's verifier (estargz VerifyTOC)
+// refuses layers whose files share members.
+func WithPackSize(n int64) Option {
+	return func(c *config) error {
+		if n < 0 || n > 1<<30 {
+			return fmt.Errorf("pack size %d out of range [0, 1GiB]", n)
+		}
+		c.packSize = n
 		return nil
 	}
 }
@@ -153,6 +168,9 @@ func (c config) buildOptions(tempDir string, progress func(int64)) []format.Opti
 	opts := []format.Option{format.WithCompression(c.compression), format.WithTempDir(tempDir)}
 	if c.chunkSize > 0 {
 		opts = append(opts, format.WithChunkSize(c.chunkSize))
+	}
+	if c.packSize >= 0 {
+		opts = append(opts, format.WithPackSize(c.packSize))
 	}
 	if c.levelSet {
 		opts = append(opts, format.WithCompressionLevel(c.level))
