@@ -127,23 +127,7 @@ func TestIntegrityMount(t *testing.T) {
 	}
 	// The faults must have happened, at about their rates, or the test
 	// proves nothing.
-	const minGets = 100
-	if gets < minGets {
-		t.Errorf("only %d blob GETs: too few for the fault rates to mean anything (want %d)", gets, minGets)
-	}
-	for _, c := range []struct {
-		what string
-		n    int64
-		rate float64
-	}{
-		{"flipped", ps.Flipped, integrityFaults.Flip},
-		{"truncated", ps.Truncated, integrityFaults.Truncate},
-		{"answered 503", ps.Unavailable, integrityFaults.Unavailable},
-	} {
-		if r := float64(c.n) / float64(max(gets, 1)); r < c.rate/3 || r > c.rate*2 {
-			t.Errorf("%s %d of %d blob GETs (%.1f%%), want about %.0f%%", c.what, c.n, gets, 100*r, 100*c.rate)
-		}
-	}
+	linkproxy.CheckFaultRates(t, ps, integrityFaults, gets, 100)
 }
 
 // digestFile reads the file at p whole and returns its hex sha256 and

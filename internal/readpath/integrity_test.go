@@ -120,23 +120,7 @@ func TestIntegrity(t *testing.T) {
 	if ps.Flipped > 0 && fetchFailures == 0 {
 		t.Errorf("%d responses had a bit flipped, but no member failed verification", ps.Flipped)
 	}
-	const minGets = 100
-	if gets < minGets {
-		t.Errorf("only %d blob GETs: too few for the fault rates to mean anything (want %d)", gets, minGets)
-	}
-	for _, c := range []struct {
-		what string
-		n    int64
-		rate float64
-	}{
-		{"flipped", ps.Flipped, integrityFaults.Flip},
-		{"truncated", ps.Truncated, integrityFaults.Truncate},
-		{"answered 503", ps.Unavailable, integrityFaults.Unavailable},
-	} {
-		if got := float64(c.n) / float64(max(gets, 1)); got < c.rate/3 || got > c.rate*2 {
-			t.Errorf("%s %d of %d blob GETs (%.1f%%), want about %.0f%%", c.what, c.n, gets, 100*got, 100*c.rate)
-		}
-	}
+	linkproxy.CheckFaultRates(t, ps, integrityFaults, gets, 100)
 }
 
 func pctOf(n int64, of int) float64 {
