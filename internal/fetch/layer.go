@@ -448,8 +448,13 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		f := flights[i]
 		if d, ok := data[m]; ok {
 			f.data = d
-			for k, ci := range l.chunksOf(m) {
-				l.s.mem.put(l, int(ci), d[k])
+			// Only what readers asked for goes to the memory cache:
+			// prefetched and background chunks go to the store alone,
+			// rather than push out chunks being read.
+			if j.prio == Demand {
+				for k, ci := range l.chunksOf(m) {
+					l.s.mem.put(l, int(ci), d[k])
+				}
 			}
 		} else {
 			f.err = err
