@@ -264,7 +264,7 @@ func (l *Layer) readAhead(from, to int) {
 // into a job of prio.
 func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 	out := make([]*flight, len(cis))
-	var start []int
+	var start, landed []int
 	raise := map[*job][]int{}
 	l.mu.Lock()
 	for k, ci := range cis {
@@ -272,9 +272,10 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 		f, ok := l.flights[m]
 		if !ok {
 			// The member may have landed since the caller looked: flights
-			// are retired only after their chunks are stored.
-			if f = l.landed(m); f != nil {
-				out[k] = f
+			// are retired only after their chunks are stored. Its chunks
+			// are read below, outside the lock.
+			if l.present(m) {
+				landed = append(landed, k)
 				continue
 			}
 			f = &flight{done: make(chan struct{})}
@@ -303,7 +304,26 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 	}
 	l.mu.Unlock()
 	l.s.enqueue(jobs)
+	for _, k := range landed {
+		f := l.landed(int(l.chunkMember[cis[k]]))
+		if f == nil { // evicted in the meantime: fetch it after all
+			f = l.ensure(cis[k:k+1], prio)[0]
+		}
+		out[k] = f
+	}
 	return out
+}
+
+// present reports whether every chunk of member m is in memory or in the
+// store, without reading any.
+func (l *Layer) present(m int) bool {
+	for _, ci := range l.chunksOf(m) {
+		c := &l.chunks[ci]
+		if !l.s.mem.has(l, int(ci)) && (!c.HasDigest() || !l.s.store.Has(c.digest())) {
+			return false
+		}
+	}
+	return true
 }
 
 // landed returns a finished flight for member m if all its chunks are in
@@ -517,15 +537,8 @@ func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
 	var cis []int
 	for mi := range l.members {
 		m := &l.members[mi]
-		if !want(m) {
-			continue
-		}
-		for _, ci := range l.chunksOf(mi) {
-			c := &l.chunks[ci]
-			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
-				cis = append(cis, int(ci))
-				break
-			}
+		if want(m) && !l.stored(mi) {
+			cis = append(cis, int(l.chunksOf(mi)[0]))
 		}
 	}
 	if len(cis) > 0 {
@@ -548,15 +561,21 @@ func (l *Layer) Close() {
 func (l *Layer) Missing() int {
 	n := 0
 	for mi := range l.members {
-		for _, ci := range l.chunksOf(mi) {
-			c := &l.chunks[ci]
-			if !c.HasDigest() || !l.s.store.Has(c.digest()) {
-				n++
-				break
-			}
+		if !l.stored(mi) {
+			n++
 		}
 	}
 	return n
+}
+
+// stored reports whether every chunk of member m is in the store.
+func (l *Layer) stored(m int) bool {
+	for _, ci := range l.chunksOf(m) {
+		if c := &l.chunks[ci]; !c.HasDigest() || !l.s.store.Has(c.digest()) {
+			return false
+		}
+	}
+	return true
 }
 
 // DigestOf renders a chunk digest as an OCI digest.
