@@ -17,17 +17,18 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"strconv"
 	"strings"
 	"time"
+
+	"nibble.dev/nibble/internal/size"
 )
 
 func main() {
-	size := flag.String("size", "512MiB", "file size in bytes, or with a KiB, MiB or GiB suffix")
+	sizeFlag := flag.String("size", "512MiB", "file size in bytes, or with a KiB, MiB or GiB suffix")
 	name := flag.String("name", "data/random.bin", "the file's path in the tar")
 	seed := flag.Uint64("seed", 1, "seed of the random data")
 	flag.Parse()
-	n, err := parseSize(*size)
+	n, err := size.Parse(*sizeFlag)
 	if err == nil {
 		err = run(os.Stdout, os.Stderr, *name, n, *seed)
 	}
@@ -35,24 +36,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "cat: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("size %q: want a non-negative number of bytes, KiB, MiB or GiB", s)
-	}
-	return n * mult, nil
 }
 
 // run writes the tar to w and the file's sha256, in hex, to sum.

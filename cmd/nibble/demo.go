@@ -19,10 +19,11 @@ import (
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/imageref"
 	"nibble.dev/nibble/internal/sample"
+	"nibble.dev/nibble/internal/size"
 )
 
 func newDemoCommand() *cobra.Command {
-	var size int64 = sample.DefaultSize
+	var imageSize int64 = sample.DefaultSize
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Convert and mount lazily a generated sample image served by a built-in registry",
@@ -37,16 +38,16 @@ total, and unmounts. Without root it reads the files through the lazy read
 path of nibble cat instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runDemo(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), size)
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), imageSize)
 		},
 	}
-	cmd.Flags().Var(sizeValue{&size}, "size", "approximate uncompressed size of the sample image's files")
+	cmd.Flags().Var(sizeValue{&imageSize}, "size", "approximate uncompressed size of the sample image's files")
 	return cmd
 }
 
-func runDemo(ctx context.Context, stdout, stderr io.Writer, size int64) error {
+func runDemo(ctx context.Context, stdout, stderr io.Writer, imageSize int64) error {
 	t0 := time.Now()
-	img, err := sample.Image(sample.WithSize(size))
+	img, err := sample.Image(sample.WithSize(imageSize))
 	if err != nil {
 		return err
 	}
@@ -115,13 +116,13 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, size int64) error {
 		files += l.Files
 		raw, _ := strconv.ParseInt(l.Descriptor.Annotations[format.UncompressedSizeAnnotation], 10, 64)
 		rawTotal += raw
-		fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%s\n", i+1, formatIEC(l.Source.Size), formatIEC(l.Descriptor.Size),
+		fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%s\n", i+1, size.Format(l.Source.Size), size.Format(l.Descriptor.Size),
 			change(l.Source.Size, l.Descriptor.Size), l.Files, l.Entries, short(l.TOCDigest.String()))
 	}
-	fmt.Fprintf(w, "  total\t%s\t%s\t%s\t%d\n\n", formatIEC(srcTotal), formatIEC(outTotal), change(srcTotal, outTotal), files)
+	fmt.Fprintf(w, "  total\t%s\t%s\t%s\t%d\n\n", size.Format(srcTotal), size.Format(outTotal), change(srcTotal, outTotal), files)
 	w.Flush()
 	fmt.Fprintf(stdout, "  manifest  %s\n", res.Digest)
-	fmt.Fprintf(stdout, "  converted %s of tar in %s (%.1f MB/s of uncompressed input)\n", formatIEC(rawTotal), elapsed.Round(10*time.Millisecond),
+	fmt.Fprintf(stdout, "  converted %s of tar in %s (%.1f MB/s of uncompressed input)\n", size.Format(rawTotal), elapsed.Round(10*time.Millisecond),
 		float64(rawTotal)/1e6/elapsed.Seconds())
 	return demoMount(ctx, stdout, dst)
 }

@@ -16,6 +16,7 @@ import (
 	"nibble.dev/nibble/internal/imageref"
 	"nibble.dev/nibble/internal/mount"
 	"nibble.dev/nibble/internal/remote"
+	"nibble.dev/nibble/internal/size"
 )
 
 // demoFiles are what the demo reads from the mounted sample image.
@@ -106,7 +107,7 @@ func demoMount(ctx context.Context, stdout io.Writer, ref imageref.Location) err
 		}
 		return n
 	}
-	fmt.Fprintf(stdout, "  tables of contents: %s fetched of %s\n\n", formatIEC(fetched()), formatIEC(total))
+	fmt.Fprintf(stdout, "  tables of contents: %s fetched of %s\n\n", size.Format(fetched()), size.Format(total))
 	for _, p := range demoFiles {
 		before := fetched()
 		t := time.Now()
@@ -117,11 +118,11 @@ func demoMount(ctx context.Context, stdout io.Writer, ref imageref.Location) err
 			}
 			return fmt.Errorf("demo: reading /%s: %w", p, err)
 		}
-		fmt.Fprintf(stdout, "  read /%-20s %9s in %6s, fetched %s\n", p, formatIEC(n),
-			time.Since(t).Round(100*time.Microsecond), formatIEC(fetched()-before))
+		fmt.Fprintf(stdout, "  read /%-20s %9s in %6s, fetched %s\n", p, size.Format(n),
+			time.Since(t).Round(100*time.Microsecond), size.Format(fetched()-before))
 	}
 	f := fetched()
-	fmt.Fprintf(stdout, "\n  fetched %s of %s (%.1f%%) to start using the image\n", formatIEC(f), formatIEC(total),
+	fmt.Fprintf(stdout, "\n  fetched %s of %s (%.1f%%) to start using the image\n", size.Format(f), size.Format(total),
 		100*float64(f)/float64(max(total, 1)))
 	return nil
 }

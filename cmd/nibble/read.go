@@ -20,6 +20,7 @@ import (
 	"nibble.dev/nibble/internal/image"
 	"nibble.dev/nibble/internal/imageref"
 	"nibble.dev/nibble/internal/remote"
+	"nibble.dev/nibble/internal/size"
 )
 
 // defaultRoot is where nibble keeps its state unless --root or NIBBLE_ROOT
@@ -41,7 +42,7 @@ func (f *readFlags) register(cmd *cobra.Command) {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.root, "root", root, "state directory; the chunk cache is ROOT/cache (env NIBBLE_ROOT)")
-	fl.Var(sizeValue{&f.cacheSize}, "cache-size", fmt.Sprintf("chunk cache size cap (default %s, or %d%% of the cache's filesystem if smaller)", formatIEC(cache.DefaultMaxSize), int(cache.DefaultMaxFraction*100)))
+	fl.Var(sizeValue{&f.cacheSize}, "cache-size", fmt.Sprintf("chunk cache size cap (default %s, or %d%% of the cache's filesystem if smaller)", size.Format(cache.DefaultMaxSize), int(cache.DefaultMaxFraction*100)))
 	fl.BoolVar(&f.plainHTTP, "plain-http", false, "allow plain HTTP to registries that are not on loopback")
 	fl.StringVar(&f.platform, "platform", "", "image of a multi-platform index to read, os/arch[/variant] (default: this host's)")
 }

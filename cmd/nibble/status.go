@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"nibble.dev/nibble/internal/server"
+	"nibble.dev/nibble/internal/size"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -75,7 +76,7 @@ func printStatus(out io.Writer, st *server.Status) {
 			mode = "writable, upper " + m.Upper
 		}
 		fmt.Fprintf(w, "%s\t%s (%s)\n", m.Dir, m.Ref, mode)
-		fmt.Fprintf(w, "  image %s: fetched %s of %s (%s)\n", m.Digest, formatIEC(m.FetchedBytes), formatIEC(m.TotalBytes), percent(m.FetchedBytes, m.TotalBytes))
+		fmt.Fprintf(w, "  image %s: fetched %s of %s (%s)\n", m.Digest, size.Format(m.FetchedBytes), size.Format(m.TotalBytes), percent(m.FetchedBytes, m.TotalBytes))
 		fmt.Fprintf(w, "  LAYER\tLAZY\tFETCHED\tTOTAL\t%%\tHITS\tMISSES\tERRORS\n")
 		for _, l := range m.Layers {
 			lazy := "yes"
@@ -86,14 +87,14 @@ func printStatus(out io.Writer, st *server.Status) {
 			if l.LastError != "" {
 				errs += " (last: " + strings.ReplaceAll(l.LastError, "\n", "; ") + ")"
 			}
-			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%s\n", short(l.Digest), lazy, formatIEC(l.FetchedBytes),
-				formatIEC(l.TotalBytes), l.Percent, l.CacheHits, l.CacheMisses, errs)
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%s\n", short(l.Digest), lazy, size.Format(l.FetchedBytes),
+				size.Format(l.TotalBytes), l.Percent, l.CacheHits, l.CacheMisses, errs)
 		}
 		fmt.Fprintln(w)
 	}
 	c := st.Cache
 	fmt.Fprintf(w, "cache %s: %s of %s in %d chunks; %d hits, %d misses, %d evictions\n", c.Dir,
-		formatIEC(c.Bytes), formatIEC(c.Capacity), c.Entries, c.Hits, c.Misses, c.Evictions)
+		size.Format(c.Bytes), size.Format(c.Capacity), c.Entries, c.Hits, c.Misses, c.Evictions)
 	w.Flush()
 }
 

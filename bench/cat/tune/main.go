@@ -14,8 +14,6 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"nibble.dev/nibble/internal/image"
 	"nibble.dev/nibble/internal/imageref"
 	"nibble.dev/nibble/internal/remote"
+	"nibble.dev/nibble/internal/size"
 )
 
 func main() {
@@ -46,7 +45,7 @@ func main() {
 	}
 	sizes := map[string]int64{}
 	for name, s := range map[string]string{"max-request": *maxReq, "read-ahead": *readAhead, "mem": *mem, "buf": *buf} {
-		n, err := parseSize(s)
+		n, err := size.Parse(s)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "tune: -%s: %v\n", name, err)
 			os.Exit(2)
@@ -149,22 +148,4 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("size %q: want bytes, or a KiB, MiB or GiB suffix", s)
-	}
-	return n * mult, nil
 }
