@@ -1,7 +1,6 @@
 package fidelity
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,12 +97,7 @@ func TestIntegrityMount(t *testing.T) {
 	wg.Wait()
 
 	ps := proxy.Stats()
-	gets := 0
-	for _, r := range proxy.Records() {
-		if r.Method == "GET" && strings.Contains(r.Path, "/blobs/") {
-			gets++
-		}
-	}
+	gets := linkproxy.BlobGets(proxy)
 	var requests, failures int64
 	for _, l := range m.image.Layers {
 		s := l.Layer.Stats()
@@ -188,20 +181,8 @@ func pushSample(t *testing.T, ref string) map[string]string {
 	}
 	push(t, ref, buildImage(t, layers...))
 
-	merged := tartest.Merge(entries...)
 	files := map[string]string{}
-	for name, e := range merged {
-		switch e.Type {
-		case tar.TypeReg:
-		case tar.TypeLink:
-			target, ok := merged[tartest.CleanName(e.Linkname)]
-			if !ok || target.Type != tar.TypeReg {
-				continue
-			}
-			e = target
-		default:
-			continue
-		}
+	for name, e := range tartest.Files(tartest.Merge(entries...)) {
 		files[name] = e.SHA256
 	}
 	if len(files) < 100 {

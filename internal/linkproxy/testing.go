@@ -1,6 +1,9 @@
 package linkproxy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // ForTest starts a proxy in front of target for the test tb, failing it
 // if the proxy cannot start, and closes the proxy when the test ends.
@@ -40,4 +43,16 @@ func CheckFaultRates(tb testing.TB, st Stats, f Faults, gets, minGets int) {
 			tb.Errorf("%s %d of %d blob GETs (%.1f%%), want about %.0f%%", c.what, c.n, gets, 100*got, 100*c.rate)
 		}
 	}
+}
+
+// BlobGets counts the blob GETs among the proxy's request records: what
+// the fault rates of MatchBlobGets apply to.
+func BlobGets(p *Proxy) int {
+	n := 0
+	for _, r := range p.Records() {
+		if r.Method == "GET" && strings.Contains(r.Path, "/blobs/") {
+			n++
+		}
+	}
+	return n
 }

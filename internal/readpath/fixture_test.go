@@ -190,19 +190,7 @@ func makeSample(bin string) (*sampleImage, error) {
 	}
 	extracted := tartest.Latest(flat)
 	s := &sampleImage{layout: dst, files: map[string]tartest.Entry{}}
-	for name, e := range merged {
-		switch e.Type {
-		case tar.TypeReg:
-		case tar.TypeLink:
-			// A hard link reads as its target.
-			target, ok := merged[tartest.CleanName(e.Linkname)]
-			if !ok || target.Type != tar.TypeReg {
-				continue
-			}
-			e.SHA256, e.Size = target.SHA256, target.Size
-		default:
-			continue
-		}
+	for name, e := range tartest.Files(merged) {
 		s.files[name] = e
 		s.names = append(s.names, name)
 		if x, ok := extracted[name]; ok && x.Type == tar.TypeReg && x.SHA256 != e.SHA256 {

@@ -3,7 +3,6 @@ package readpath
 import (
 	"context"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,12 +86,7 @@ func TestIntegrity(t *testing.T) {
 	// The faults must have happened, at about their rates, or the test
 	// proves nothing.
 	ps := proxy.Stats()
-	gets := 0
-	for _, r := range proxy.Records() {
-		if r.Method == "GET" && strings.Contains(r.Path, "/blobs/") {
-			gets++
-		}
-	}
+	gets := linkproxy.BlobGets(proxy)
 	var fetched, fetchFailures int64
 	for _, l := range st.image.Layers {
 		fs := l.Stats()

@@ -268,3 +268,24 @@ func ThreeLayers(tb testing.TB) [][]byte {
 	add(w)
 	return layers
 }
+
+// Files returns the regular files of a merged tree (as Merge returns it),
+// a hard link standing for the file it links to, as reading it would.
+func Files(merged map[string]Entry) map[string]Entry {
+	files := make(map[string]Entry)
+	for name, e := range merged {
+		switch e.Type {
+		case tar.TypeReg:
+		case tar.TypeLink:
+			target, ok := merged[CleanName(e.Linkname)]
+			if !ok || target.Type != tar.TypeReg {
+				continue
+			}
+			e.SHA256, e.Size = target.SHA256, target.Size
+		default:
+			continue
+		}
+		files[name] = e
+	}
+	return files
+}
