@@ -13,50 +13,26 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-
 	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
-	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/image"
 	"nibble.dev/nibble/internal/imageref"
+	"nibble.dev/nibble/internal/mount/mounttest"
 	"nibble.dev/nibble/internal/registrytest"
 	"nibble.dev/nibble/internal/remote"
 	"nibble.dev/nibble/internal/tartest"
 )
 
-// PushLayers converts layer tars and pushes them as an image; it returns
+// pushLayers converts layer tars and pushes them as an image; it returns
 // the image's reference.
 func pushLayers(t *testing.T, host string, tars [][]byte) string {
 	t.Helper()
-	img := empty.Image
+	var layers []mounttest.Layer
 	for _, src := range tars {
-		var out bytes.Buffer
-		res, err := format.Build(context.Background(), bytes.NewReader(src), &out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:       static.NewLayer(out.Bytes(), types.OCILayer),
-			Annotations: res.Annotations,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		layers = append(layers, mounttest.Convert(t, src))
 	}
 	ref := host + "/test/merged:v1"
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ggcrremote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	mounttest.Push(t, ref, layers...)
 	return ref
 }
 
