@@ -134,13 +134,7 @@ prepare() {
 		"$work/mkoci" -tar "$input" -out "$src.tmp" -tag latest -level 1 -cmd true >/dev/null
 		mv "$src.tmp" "$src"
 	fi
-	if [[ ! -s $storage.done ]]; then
-		log "nibble convert oci:$src into the registry (storage $storage)"
-		rm -rf "$storage"
-		start_registry "$storage"
-		"$work/nibble" convert "oci:$src:latest" "$reg/$repo:latest" >"$storage.done.tmp" </dev/null
-		mv "$storage.done.tmp" "$storage.done"
-	fi
+	fill_registry "$storage" "$src" "$repo"
 }
 
 reg=

@@ -56,3 +56,16 @@ start_registry() {
 	echo "$bench: docker-registry did not start" >&2
 	exit 1
 }
+
+# fill_registry STORAGE SRC REPO: once (STORAGE.done records it), converts
+# the OCI layout SRC (tag latest) with $work/nibble into a registry whose
+# storage is STORAGE, as REPO:latest; the registry is left running ($reg).
+fill_registry() {
+	local storage=$1 src=$2 repo=$3
+	[[ -s $storage.done ]] && return
+	echo "==> nibble convert oci:$src into the registry (storage $storage)" >&2
+	rm -rf "$storage"
+	start_registry "$storage"
+	"$work/nibble" convert "oci:$src:latest" "$reg/$repo:latest" >"$storage.done.tmp" </dev/null
+	mv "$storage.done.tmp" "$storage.done"
+}
