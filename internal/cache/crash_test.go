@@ -135,7 +135,9 @@ func TestCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Println("ready")
+	// "ready" once the first chunk is in, so that every kill finds
+	// something to check however slow the machine is.
+	var ready sync.Once
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
@@ -146,6 +148,7 @@ func TestCrashChild(t *testing.T) {
 					t.Errorf("Put: %v", err)
 					return
 				}
+				ready.Do(func() { fmt.Println("ready") })
 				if _, err := c.Get(d, b); err != nil {
 					t.Errorf("Get: %v", err)
 					return
