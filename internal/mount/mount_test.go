@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
@@ -199,6 +201,56 @@ func TestComposeManyLayers(t *testing.T) {
 		t.Errorf("top: %q, %v", b, err)
 	}
 	mounttest.Compare(t, m.Target, tars)
+}
+
+// TestOverlayLegacy mounts the layers of a 60-layer image a second time
+// through the lowerdir= fallback of kernels without lowerdir+, and
+// checks that it shows the same tree; and that a stack too long for one
+// page is refused with an error that says so, before any mount.
+func TestOverlayLegacy(t *testing.T) {
+	const n = 60
+	var tars [][]byte
+	var layers []mounttest.Layer
+	for i := range n {
+		w := tartest.NewWriter(uint64(i))
+		w.Dir("d/")
+		w.File(fmt.Sprintf("d/f%02d", i), []byte(fmt.Sprintf("layer %d\n", i)))
+		if i%7 == 3 {
+			w.File("d/.wh.f00", nil)
+		}
+		src, err := w.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tars = append(tars, src)
+		layers = append(layers, mounttest.Convert(t, src))
+	}
+	m, _ := compose(t, newBlobs(layers...))
+	lowers := m.Layers()
+	slices.Reverse(lowers) // top first
+	target := t.TempDir()
+	if err := mount.MountOverlayLegacy(target, lowers, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(target, 0); err != nil {
+			t.Errorf("unmount %s: %v", target, err)
+			mounttest.Detach(t, target)
+		}
+	})
+	mounttest.Compare(t, target, tars)
+	if _, err := os.Stat(filepath.Join(target, "d", "f00")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("d/f00, whited out above layer 0: %v", err)
+	}
+
+	long := make([]string, 300)
+	for i := range long {
+		long[i] = fmt.Sprintf("/var/lib/nibble/m/1/%d", i)
+	}
+	err := mount.MountOverlayLegacy(t.TempDir(), long, "", "")
+	if err == nil || !strings.Contains(err.Error(), "300 layers do not fit") {
+		t.Errorf("300 layers through lowerdir=: %v; want an error saying they do not fit", err)
+	}
 }
 
 // TestComposeWritable checks that writes land in the upper layer and
