@@ -1,0 +1,196 @@
+package layer_test
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"nibble.dev/nibble/internal/fetch"
+	"nibble.dev/nibble/internal/fetch/fetchtest"
+	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/layer"
+	"nibble.dev/nibble/internal/tartest"
+)
+
+// These tests check the fetch scheduling that a layer's reads cause,
+// from the outside: the ranges the source is asked for, and which files
+// can still be read once the source fails every request.
+
+var errOffline = errors.New("offline")
+
+// offline makes every later request to ms fail.
+func offline(ms *fetchtest.MemSource) {
+	ms.Fail = func(int) error { return errOffline }
+}
+
+// settle waits until the layer's count of members missing from the store
+// satisfies done, then until it stops changing, and returns it.
+func settle(t *testing.T, l *layer.Layer, done func(missing int) bool) int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !done(l.Missing()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("fetching did not get on: %d members missing", l.Missing())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	last, since := l.Missing(), time.Now()
+	for time.Since(since) < 300*time.Millisecond {
+		if time.Now().After(deadline) {
+			t.Fatalf("fetching did not settle: %d members missing", l.Missing())
+		}
+		time.Sleep(20 * time.Millisecond)
+		if n := l.Missing(); n != last {
+			last, since = n, time.Now()
+		}
+	}
+	return last
+}
+
+// oneBigFile is a layer of one 1 MiB file of random bytes (which do not
+// compress) in 16 chunks of 64 KiB, each its own member.
+func oneBigFile(t *testing.T) (built, []byte) {
+	w := tartest.NewWriter(3)
+	data := make([]byte, 1<<20)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	w.File("big", data)
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buildLayer(t, src, format.WithChunkSize(64<<10), format.WithNoPrefetch()), data
+}
+
+// TestReadMergesMisses: one read of a whole cold file fetches its
+// adjacent members in as few range requests as the request size limit
+// allows, each member once.
+func TestReadMergesMisses(t *testing.T) {
+	b, data := oneBigFile(t)
+	for _, tc := range []struct {
+		maxRequest int64
+		requests   int
+	}{
+		{8 << 20, 1},    // all 16 members in one request
+		{256 << 10, 6},  // three members of 64 KiB and some framing each
+		{100 << 10, 16}, // one member each
+	} {
+		t.Run(fmt.Sprint(tc.maxRequest), func(t *testing.T) {
+			s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithMaxRequest(tc.maxRequest))
+			ms := &fetchtest.MemSource{Blob: b.blob}
+			l := open(t, s, ms, b.desc)
+			ms.Reset()
+			id, _ := l.Index.LookupPath("big")
+			if got := readFile(t, l, id); !bytes.Equal(got, data) {
+				t.Fatal("wrong bytes")
+			}
+			rs := ms.Requests()
+			slices.SortFunc(rs, func(a, b fetch.Range) int { return cmp.Compare(a.Off, b.Off) })
+			var total int64
+			for i, r := range rs {
+				if r.Len > tc.maxRequest {
+					t.Errorf("request %d: %d bytes, over the limit of %d", i, r.Len, tc.maxRequest)
+				}
+				if i > 0 && r.Off < rs[i-1].Off+rs[i-1].Len {
+					t.Errorf("request %d at %d overlaps the one before", i, r.Off)
+				}
+				total += r.Len
+			}
+			if len(rs) != tc.requests {
+				t.Errorf("%d ranges requested, want %d: %v", len(rs), tc.requests, rs)
+			}
+			if total < int64(len(data)) || total > int64(len(data))+64<<10 {
+				t.Errorf("fetched %d bytes for a file of %d", total, len(data))
+			}
+		})
+	}
+}
+
+// TestReadAheadWithinFile: a small read at the start of a file fetches the
+// chunks after it up to the read-ahead budget, and no further.
+func TestReadAheadWithinFile(t *testing.T) {
+	b, data := oneBigFile(t)
+	s := newScheduler(t, newCache(t), fetch.WithReadAhead(256<<10), fetch.WithQuietPeriod(time.Hour))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	id, _ := l.Index.LookupPath("big")
+	all := l.Missing()
+	buf := make([]byte, 4096)
+	if _, err := l.ReadAt(context.Background(), id, buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
+		t.Fatalf("first read: %v", err)
+	}
+	// The chunk read and four more of read-ahead.
+	if got := all - settle(t, l, func(n int) bool { return all-n >= 5 }); got != 5 {
+		t.Errorf("%d members fetched after a read of 4 KiB with 256 KiB of read-ahead, want 5", got)
+	}
+	offline(ms)
+	inAhead := make([]byte, 4<<16-4096)
+	if _, err := l.ReadAt(context.Background(), id, inAhead, 4096); err != nil || !bytes.Equal(inAhead, data[4096:4<<16]) {
+		t.Errorf("reading within the read-ahead, offline: %v", err)
+	}
+	if _, err := l.ReadAt(context.Background(), id, buf, 6<<16); !errors.Is(err, errOffline) {
+		t.Errorf("reading past the read-ahead, offline: %v, want the source's error", err)
+	}
+}
+
+// TestSharedMemberServesSiblings: reading one small file fetches the
+// member it shares with others, and those then read without a request.
+func TestSharedMemberServesSiblings(t *testing.T) {
+	src, files := manyFiles(t, 40) // d/f0001 to d/f0039 fit in one 256 KiB member
+	b := buildLayer(t, src, format.WithNoPrefetch())
+	s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	all := l.Missing()
+	ms.Reset()
+	id, _ := l.Index.LookupPath("d/f0001")
+	readFile(t, l, id)
+	if n := len(ms.Requests()); n != 1 {
+		t.Fatalf("reading a small file made %d requests, want 1", n)
+	}
+	settle(t, l, func(n int) bool { return n < all })
+	offline(ms)
+	for i := 2; i < 40; i++ {
+		name := fmt.Sprintf("d/f%04d", i)
+		id, _ := l.Index.LookupPath(name)
+		buf := make([]byte, len(files[name]))
+		if _, err := l.ReadAt(context.Background(), id, buf, 0); err != nil && err != io.EOF || !bytes.Equal(buf, files[name]) {
+			t.Errorf("%s, which shares d/f0001's member, offline: %v", name, err)
+		}
+	}
+}
+
+// TestPrefetchFetchesListedFiles: Prefetch fetches the files of the
+// prefetch list and nothing else while background fetching waits.
+func TestPrefetchFetchesListedFiles(t *testing.T) {
+	src, files := manyFiles(t, 300)
+	listed := []string{"d/f0240", "d/f0007", "d/f0123"}
+	b := buildLayer(t, src, format.WithPrefetch(listed))
+	s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	all := l.Missing()
+	l.Prefetch()
+	l.Background()
+	left := settle(t, l, func(n int) bool { return n < all })
+	if left == 0 {
+		t.Fatalf("prefetch fetched all %d members; want only the prefetch region", all)
+	}
+	offline(ms)
+	for _, name := range listed {
+		id, _ := l.Index.LookupPath(name)
+		if got := readFile(t, l, id); !bytes.Equal(got, files[name]) {
+			t.Errorf("%s: wrong bytes", name)
+		}
+	}
+	id, _ := l.Index.LookupPath("d/f0299")
+	if _, err := l.ReadAt(context.Background(), id, make([]byte, 10), 0); !errors.Is(err, errOffline) {
+		t.Errorf("d/f0299, not listed, offline: %v, want the source's error", err)
+	}
+}
