@@ -447,3 +447,50 @@ func TestDemandSplitsBackgroundJob(t *testing.T) {
 		t.Errorf("reading a %d-byte file fetched %d bytes of a %d-byte layer", len(files[name]), fetched, len(b.blob))
 	}
 }
+
+// TestSharedAttributes: nodes share attribute sets, and times that do not
+// fit a node's 32-bit field (before 1970, after 2106) are kept whole.
+func TestSharedAttributes(t *testing.T) {
+	w := tartest.NewWriter(3)
+	times := map[string]time.Time{
+		"old":    time.Date(1901, 1, 2, 3, 4, 5, 0, time.UTC),
+		"epoch":  time.Unix(1, 0),
+		"recent": time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC),
+		"late":   time.Date(2107, 1, 1, 0, 0, 0, 0, time.UTC),
+		"far":    time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+	}
+	for name, mt := range times {
+		for i, mode := range []int64{0o644, 0o600, 0o4755} {
+			w.Header(&tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("%s%d", name, i), Mode: mode,
+				Uid: 1000 + i, Gid: 2000 - i, ModTime: mt, Size: 3}, []byte("abc"))
+		}
+		w.Header(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: 0o750, ModTime: mt}, nil)
+	}
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := tartest.Entries(bytes.NewReader(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildLayer(t, src)
+	l := open(t, newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
+	for name, e := range tartest.Latest(want) {
+		if name == "" {
+			continue
+		}
+		id, ok := l.Index.LookupPath(name)
+		if !ok {
+			t.Errorf("%q: not in the index", name)
+			continue
+		}
+		checkEntry(t, l, id, name, e)
+		if got, want := l.Index.Attr(id).ModTime, times[strings.TrimRight(name, "012")].Unix(); got != want {
+			t.Errorf("%q: mtime %d, want %d", name, got, want)
+		}
+		if f := l.Index.Attr(id).Flags; f != 0 {
+			t.Errorf("%q: flags %#x, want none", name, f)
+		}
+	}
+}
