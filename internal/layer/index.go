@@ -110,7 +110,7 @@ type Index struct {
 	nodes   []node
 	attrs   []attrSet
 	dirents []dirent
-	chunks  []fetch.Chunk
+	chunks  *fetch.Table
 	xattrs  [][]Xattr
 	// prefetchEnd is the offset of the prefetch landmark; 0 with the
 	// no-prefetch landmark; -1 without a landmark.
@@ -283,8 +283,11 @@ func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 	x.strs = exact(x.strs)
 	x.attrs = exact(x.attrs)
 	x.dirents = exact(x.dirents)
-	x.chunks = exact(x.chunks)
 	x.xattrs = exact(x.xattrs)
+	var err error
+	if x.chunks, err = b.chunks.Table(); err != nil {
+		return nil, fmt.Errorf("layer: %w", err)
+	}
 	return x, nil
 }
 
@@ -300,7 +303,8 @@ func exact[T any](s []T) []T {
 
 type indexBuilder struct {
 	x      *Index
-	nodes  []wideNode        // become x.nodes and x.attrs
+	nodes  []wideNode // become x.nodes and x.attrs
+	chunks fetch.TableBuilder
 	paths  map[string]uint32 // cleaned path → node; the last entry wins
 	strIDs map[string]uint32 // interned strings → offset
 	xIDs   map[string]uint32 // xattr set key → 1 + index
@@ -448,24 +452,13 @@ func (b *indexBuilder) xattrSet(xs map[string][]byte) uint32 {
 const maxU32 = 1<<32 - 1
 
 func (b *indexBuilder) addChunks(id uint32, cs []format.Chunk) error {
-	n := &b.nodes[id]
-	n.first = uint32(len(b.x.chunks))
-	n.count = uint32(len(cs))
-	for _, c := range cs {
-		clen := c.End - c.Offset
-		if clen > maxU32 || c.InnerOffset > maxU32 || c.Size > maxU32 {
-			return fmt.Errorf("chunk at %d too large to serve lazily (%d compressed, %d bytes)", c.Offset, clen, c.Size)
-		}
-		fc := fetch.Chunk{Off: c.Offset, CLen: uint32(clen), Inner: uint32(c.InnerOffset), FileOff: c.FileOffset, Size: uint32(c.Size)}
-		if c.Digest != "" {
-			sum, err := fetch.ParseDigest(c.Digest)
-			if err != nil {
-				return err
-			}
-			fc.Digest = sum
-		}
-		b.x.chunks = append(b.x.chunks, fc)
+	first, err := b.chunks.AddFile(cs)
+	if err != nil {
+		return err
 	}
+	n := &b.nodes[id]
+	n.first = uint32(first)
+	n.count = uint32(len(cs))
 	return nil
 }
 

@@ -245,7 +245,7 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	if !ok {
 		t.Fatal("missing file")
 	}
-	first, n := l.Index.Chunks(id)
+	_, n := l.Index.Chunks(id)
 	if n < 10 {
 		t.Fatalf("%s has %d chunks", name, n)
 	}
@@ -274,13 +274,13 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	// each member fetched.
 	fetched := map[int64]int{}
 	for _, r := range ms.Requests() {
-		for _, c := range chunksOf(l, first, n) {
+		for _, c := range l.FileChunks(id) {
 			if c.Off >= r.Off && c.Off < r.Off+r.Len {
 				fetched[c.Off]++
 			}
 		}
 	}
-	for _, c := range chunksOf(l, first, n) {
+	for _, c := range l.FileChunks(id) {
 		if fetched[c.Off] != 1 {
 			t.Errorf("member at %d fetched %d times", c.Off, fetched[c.Off])
 		}
@@ -290,10 +290,6 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	if got := len(ms.Requests()); got != 0 {
 		t.Errorf("re-read made %d requests", got)
 	}
-}
-
-func chunksOf(l *layer.Layer, first, n int) []fetch.Chunk {
-	return l.ChunkTable()[first : first+n]
 }
 
 // TestCorruptionIsRetriedNeverServed: flipped bytes are fetched again;
