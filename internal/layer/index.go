@@ -1,6 +1,8 @@
 package layer
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"path"
 	"slices"
@@ -89,11 +91,10 @@ type wideNode struct {
 	mtime  int64
 }
 
-// dirent is one name in a directory: 12 bytes.
+// dirent is one name in a directory: 8 bytes.
 type dirent struct {
-	name    uint32 // offset into Index.strs
-	nameLen uint32
-	node    uint32
+	name uint32 // offset into Index.strs of the name's length (a uvarint) and bytes
+	node uint32
 }
 
 // Xattr is one extended attribute.
@@ -196,8 +197,13 @@ func (x *Index) Child(dir NodeID, i int) (string, NodeID) {
 	return x.name(d), NodeID(d.node)
 }
 
-func (x *Index) name(d *dirent) string {
-	return string(x.strs[d.name : d.name+d.nameLen])
+func (x *Index) name(d *dirent) string { return string(x.nameBytes(d.name)) }
+
+// nameBytes returns the name stored at off in the string table.
+func (x *Index) nameBytes(off uint32) []byte {
+	n, k := binary.Uvarint(x.strs[off:])
+	start := uint64(off) + uint64(k)
+	return x.strs[start : start+n]
 }
 
 // Lookup finds name in directory dir.
@@ -208,7 +214,7 @@ func (x *Index) Lookup(dir NodeID, name string) (NodeID, bool) {
 	}
 	ds := x.dirents[n.first : n.first+n.count]
 	i, ok := slices.BinarySearchFunc(ds, name, func(d dirent, name string) int {
-		return strings.Compare(string(x.strs[d.name:d.name+d.nameLen]), name)
+		return strings.Compare(string(x.nameBytes(d.name)), name)
 	})
 	if !ok {
 		return 0, false
@@ -264,10 +270,11 @@ func (x *Index) Neutralized() int { return x.neutralized }
 // buildIndex turns a validated TOC into an Index.
 func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 	b := &indexBuilder{
-		x:      &Index{prefetchEnd: -1},
-		paths:  map[string]uint32{"": 0},
-		strIDs: map[string]uint32{},
-		xIDs:   map[string]uint32{},
+		x:       &Index{prefetchEnd: -1},
+		paths:   map[string]uint32{"": 0},
+		strIDs:  map[string]uint32{},
+		nameIDs: map[string]uint32{},
+		xIDs:    map[string]uint32{},
 	}
 	b.nodes = append(b.nodes, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	for i := range toc.Entries {
@@ -302,12 +309,13 @@ func exact[T any](s []T) []T {
 }
 
 type indexBuilder struct {
-	x      *Index
-	nodes  []wideNode // become x.nodes and x.attrs
-	chunks fetch.TableBuilder
-	paths  map[string]uint32 // cleaned path → node; the last entry wins
-	strIDs map[string]uint32 // interned strings → offset
-	xIDs   map[string]uint32 // xattr set key → 1 + index
+	x       *Index
+	nodes   []wideNode // become x.nodes and x.attrs
+	chunks  fetch.TableBuilder
+	paths   map[string]uint32 // cleaned path → node; the last entry wins
+	strIDs  map[string]uint32 // interned strings (link targets) → offset
+	nameIDs map[string]uint32 // interned names → offset of their length
+	xIDs    map[string]uint32 // xattr set key → 1 + index
 }
 
 func (b *indexBuilder) intern(s string) uint32 {
@@ -317,6 +325,18 @@ func (b *indexBuilder) intern(s string) uint32 {
 	off := uint32(len(b.x.strs))
 	b.x.strs = append(b.x.strs, s...)
 	b.strIDs[s] = off
+	return off
+}
+
+// internName stores a name, preceded by its length, once.
+func (b *indexBuilder) internName(s string) uint32 {
+	if off, ok := b.nameIDs[s]; ok {
+		return off
+	}
+	off := uint32(len(b.x.strs))
+	b.x.strs = binary.AppendUvarint(b.x.strs, uint64(len(s)))
+	b.x.strs = append(b.x.strs, s...)
+	b.nameIDs[s] = off
 	return off
 }
 
@@ -475,7 +495,7 @@ func (b *indexBuilder) link() {
 		if !ok || b.nodes[pid].mode&syscall.S_IFMT != syscall.S_IFDIR {
 			continue
 		}
-		children[pid] = append(children[pid], dirent{name: b.intern(base), nameLen: uint32(len(base)), node: id})
+		children[pid] = append(children[pid], dirent{name: b.internName(base), node: id})
 		if strings.HasPrefix(base, WhiteoutPrefix) && base != OpaqueMarker && b.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
 			b.nodes[id].flags |= FlagWhiteout
 		}
@@ -489,7 +509,7 @@ func (b *indexBuilder) link() {
 		n := &b.nodes[id]
 		ds := children[id]
 		slices.SortFunc(ds, func(a, c dirent) int {
-			return strings.Compare(string(x.strs[a.name:a.name+a.nameLen]), string(x.strs[c.name:c.name+c.nameLen]))
+			return bytes.Compare(x.nameBytes(a.name), x.nameBytes(c.name))
 		})
 		n.first, n.count = uint32(len(x.dirents)), uint32(len(ds))
 		x.dirents = append(x.dirents, ds...)
