@@ -16,6 +16,7 @@
 #     by the layer and on the wire (linkproxy, no delay by default).
 #
 # usage: bash bench/mount.sh [--runs N] [--files N] [--rtt DUR] [--prepare-only]
+#                            [--memory-only]
 #
 # Needs root (mounts, drop_caches). The first run writes the input (a tar of
 # the generated tree, by `go run ./bench/mount gen`), extracts it under
@@ -26,8 +27,9 @@
 # mounts as nibble mount does (internal/mount) without background fetching
 # for parts 1-2 (`nibble mount --no-background`; ls and find read no file
 # contents) and with it for part 3 (nibble mount's default). Installs
-# docker-registry with apt if missing. Results and how to read them:
-# docs/benchmarks.md, "Mounts".
+# docker-registry with apt if missing. --memory-only measures part 2 alone
+# (one image mount, one cold ls -lR: a minute, for work on the index).
+# Results and how to read them: docs/benchmarks.md, "Mounts".
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +38,7 @@ runs=3
 files=100000
 rtt=0s
 prepare_only=false
+memory_only=false
 
 while (($#)); do
 	case $1 in
@@ -43,8 +46,9 @@ while (($#)); do
 	--files) files=${2:?--files needs a number} && shift ;;
 	--rtt) rtt=${2:?--rtt needs a duration, e.g. 20ms} && shift ;;
 	--prepare-only) prepare_only=true ;;
+	--memory-only) memory_only=true ;;
 	-h | --help)
-		sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -265,6 +269,35 @@ median_of() { sort -n "$1" | awk '{ t[NR] = $0 } END { print t[int((NR + 1) / 2)
 lsr() { ls -lR "$1" >/dev/null; }
 walk() { find "$1" >/dev/null; }
 
+# heap_top: the top of the image-mode process's heap profile.
+heap_top() {
+	(cd "$root" && go tool pprof -top -inuse_space -nodecount=12 "$work/bm" "$work/heap.image.pprof" 2>/dev/null) |
+		sed -n '/flat%/,$p' | sed 's/^/    /'
+}
+
+# --- Part 2 alone (--memory-only) -------------------------------------------
+
+if $memory_only; then
+	log "memory only: mounting the image, one cold ls -lR"
+	mkdir -p "$work/image.mnt"
+	drop
+	start_serve image -ref "$ref" -dir "$work/image.mnt" -root "$work/image.root" -mode image
+	entries=$(stat_field "$ready" entries)
+	rss0=$(stat_field "$ready" rss0_kb)
+	drop
+	lsr "$work/image.mnt"
+	line=$(ask image rss)
+	ask image "heap $work/heap.image.pprof" >/dev/null
+	echo "nibble mount memory ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$root" && git rev-parse --short HEAD)), $entries entries:"
+	echo "  before mount $rss0 KiB (anon $(stat_field "$ready" anon0_kb) KiB); mounted $(stat_field "$ready" rss_mounted_gc_kb) KiB after GC, $(stat_field "$ready" rss_mounted_kb) KiB before"
+	echo "  after one ls -lR: $(awk -v a="$(stat_field "$line" rss_kb)" -v b="$rss0" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') bytes/entry"
+	echo "         before the mount: anon_kb=$(stat_field "$ready" anon0_kb) heap_inuse=$(stat_field "$ready" heap_inuse0) gc_sys=$(stat_field "$ready" gc_sys0)"
+	echo "         go runtime after the walk: ${line#rss }"
+	heap_top
+	stop_serve image
+	exit 0
+fi
+
 # --- Parts 1 and 2: ls -lR and find, memory -------------------------------
 
 log "mounting: local overlay, nibble image (overlay over FUSE), nibble layer (FUSE)"
@@ -449,8 +482,7 @@ for name in image layer; do
 	echo "         go runtime after the walk: ${line#rss }"
 done
 echo "  heap profile (inuse_space) of the image-mode process after the walk, top 12:"
-(cd "$root" && go tool pprof -top -inuse_space -nodecount=12 "$work/bm" "$work/heap.image.pprof" 2>/dev/null) |
-	sed -n '/flat%/,$p' | sed 's/^/    /'
+heap_top
 echo
 
 us_ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }

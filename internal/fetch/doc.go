@@ -9,7 +9,9 @@
 // small files packed together. The network unit is the member: fetching a
 // member yields every chunk in it, so a read of one small file also brings
 // in the small files that share its member. The caching unit is the chunk,
-// keyed by its digest.
+// keyed by its digest. A layer's Table lists both: its files' chunks, each
+// file's a contiguous run addressed by index, and its members in blob
+// order; the table has no pointers and is immutable once built.
 //
 // # Concurrency
 //

@@ -59,27 +59,6 @@ func (p Priority) String() string {
 	return fmt.Sprintf("Priority(%d)", int(p))
 }
 
-// Chunk locates one chunk of a file in a layer's blob.
-type Chunk struct {
-	// Off is the compressed offset of the member holding the chunk, CLen
-	// the compressed length to fetch from there.
-	Off  int64
-	CLen uint32
-	// Inner is the number of decompressed bytes before the chunk in its
-	// member.
-	Inner uint32
-	// FileOff is the chunk's offset in its file, Size its length.
-	FileOff int64
-	Size    uint32
-	// Digest is the chunk's sha256; all zeros when the TOC has none.
-	Digest [32]byte
-}
-
-// HasDigest reports whether the chunk can be verified on its own.
-func (c *Chunk) HasDigest() bool { return c.Digest != [32]byte{} }
-
-func (c *Chunk) digest() digest.Digest { return DigestOf(c.Digest) }
-
 // Errors.
 var (
 	// ErrClosed is returned for reads pending when the scheduler closes.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -15,20 +14,11 @@ import (
 	"nibble.dev/nibble/internal/format"
 )
 
-// member is one compressed unit of the blob; the chunks it holds are
-// Layer.order[first:first+n] (indexes into Layer.chunks, by Inner).
-type member struct {
-	off   int64
-	clen  uint32
-	first uint32
-	n     uint32
-}
-
 // flight is one member being fetched; its readers wait on done.
 type flight struct {
 	done chan struct{}
 	err  error
-	data [][]byte // decoded chunks, parallel to member.chunks
+	data [][]byte // decoded chunks, in the member's order (Layer.chunksOf)
 	job  *job
 }
 
@@ -44,10 +34,9 @@ type Layer struct {
 	s               *Scheduler
 	src             Source
 	kind            format.Kind
-	chunks          []Chunk
-	members         []member // by offset
-	order           []uint32 // chunk indexes by (offset, inner): members' chunks
-	chunkMember     []uint32
+	t               *Table
+	chunks          []Chunk  // t.chunks
+	members         []member // t.members
 	allowUnverified bool
 
 	mu      sync.Mutex
@@ -58,59 +47,21 @@ type Layer struct {
 	fetched, requests, hits, misses, failures atomic.Int64
 }
 
-// Layer registers a layer whose blob is src and whose chunks are chunks
-// (in any order; files' chunks are addressed by index).
-func (s *Scheduler) Layer(src Source, kind format.Kind, chunks []Chunk, opts ...LayerOption) (*Layer, error) {
-	l := &Layer{s: s, src: src, kind: kind, chunks: chunks, flights: make(map[int]*flight)}
+// Layer registers a layer whose blob is src and whose chunks are t's
+// (files' chunks are addressed by index).
+func (s *Scheduler) Layer(src Source, kind format.Kind, t *Table, opts ...LayerOption) *Layer {
+	l := &Layer{s: s, src: src, kind: kind, t: t, chunks: t.chunks, members: t.members, flights: make(map[int]*flight)}
 	for _, o := range opts {
 		o(l)
 	}
-	order := make([]uint32, len(chunks))
-	for i := range order {
-		order[i] = uint32(i)
-	}
-	slices.SortFunc(order, func(a, b uint32) int {
-		ca, cb := &chunks[a], &chunks[b]
-		if ca.Off != cb.Off {
-			return cmpInt64(ca.Off, cb.Off)
-		}
-		return cmpInt64(int64(ca.Inner), int64(cb.Inner))
-	})
-	l.chunkMember = make([]uint32, len(chunks))
-	l.order = order
-	for k, ci := range order {
-		c := &chunks[ci]
-		n := len(l.members)
-		if n == 0 || l.members[n-1].off != c.Off {
-			if n > 0 && l.members[n-1].off+int64(l.members[n-1].clen) > c.Off {
-				return nil, fmt.Errorf("fetch: members at %d and %d overlap", l.members[n-1].off, c.Off)
-			}
-			l.members = append(l.members, member{off: c.Off, clen: c.CLen, first: uint32(k)})
-			n++
-		} else if l.members[n-1].clen != c.CLen {
-			return nil, fmt.Errorf("fetch: chunks of the member at %d disagree on its length", c.Off)
-		}
-		l.members[n-1].n++
-		l.chunkMember[ci] = uint32(n - 1)
-	}
-	l.members = slices.Clip(append([]member(nil), l.members...))
-	return l, nil
+	return l
 }
 
-// chunksOf returns the chunks of member m, by inner offset.
-func (l *Layer) chunksOf(m int) []uint32 {
+// chunksOf returns the positions [first, first+n) of member m's chunks,
+// by inner offset; Table.at maps a position to a chunk index.
+func (l *Layer) chunksOf(m int) (first, n uint32) {
 	mb := &l.members[m]
-	return l.order[mb.first : mb.first+mb.n]
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return mb.first, mb.n
 }
 
 // Stats counts a layer's fetching.
@@ -155,17 +106,16 @@ func (l *Layer) ReadAt(ctx context.Context, first, n int, size int64, p []byte, 
 		return 0, ErrClosed
 	}
 	end := min(off+int64(len(p)), size)
-	fc := l.chunks[first : first+n]
-	a := sort.Search(len(fc), func(i int) bool { return fc[i].FileOff+int64(fc[i].Size) > off })
+	a := l.t.find(first, n, off)
 	l.s.noteDemand()
 
 	var need []int
 	last := a
-	for i := a; i < len(fc) && fc[i].FileOff < end; i++ {
+	for i := a; i < n && l.t.fileOff(first, i) < end; i++ {
 		last = i
 		ci := first + i
 		if b := l.local(ci); b != nil {
-			copyChunk(p, off, end, &fc[i], b)
+			copyChunk(p, off, end, l.t.fileOff(first, i), b)
 			continue
 		}
 		need = append(need, ci)
@@ -185,11 +135,11 @@ func (l *Layer) ReadAt(ctx context.Context, first, n int, size int64, p []byte, 
 				err = f.err
 				break
 			}
-			copyChunk(p, off, end, &l.chunks[ci], f.chunk(l, ci))
+			copyChunk(p, off, end, l.t.fileOff(first, ci-first), f.chunk(l, ci))
 		}
 	}
-	if l.s.readAhead > 0 && last+1 < len(fc) {
-		l.readAhead(first+last+1, first+len(fc))
+	if l.s.readAhead > 0 && last+1 < n {
+		l.readAhead(first+last+1, first+n)
 	}
 	if err != nil {
 		return 0, err
@@ -223,18 +173,21 @@ func (l *Layer) local(ci int) []byte {
 	return nil
 }
 
-func copyChunk(p []byte, off, end int64, c *Chunk, b []byte) {
-	lo := max(off, c.FileOff)
-	hi := min(end, c.FileOff+int64(c.Size))
+// copyChunk copies into p (the bytes [off, end) of a file) what they
+// share with b, the bytes of the chunk at fileOff.
+func copyChunk(p []byte, off, end, fileOff int64, b []byte) {
+	lo := max(off, fileOff)
+	hi := min(end, fileOff+int64(len(b)))
 	if lo < hi {
-		copy(p[lo-off:hi-off], b[lo-c.FileOff:hi-c.FileOff])
+		copy(p[lo-off:hi-off], b[lo-fileOff:hi-fileOff])
 	}
 }
 
 // chunk returns chunk ci's bytes from a finished flight.
 func (f *flight) chunk(l *Layer, ci int) []byte {
-	for k, x := range l.chunksOf(int(l.chunkMember[ci])) {
-		if int(x) == ci {
+	first, n := l.chunksOf(int(l.chunks[ci].Member))
+	for k := range n {
+		if l.t.at(first+k) == ci {
 			return f.data[k]
 		}
 	}
@@ -268,7 +221,7 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 	raise := map[*job][]int{}
 	l.mu.Lock()
 	for k, ci := range cis {
-		m := int(l.chunkMember[ci])
+		m := int(l.chunks[ci].Member)
 		f, ok := l.flights[m]
 		if !ok {
 			// The member may have landed since the caller looked: flights
@@ -305,7 +258,7 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 	l.mu.Unlock()
 	l.s.enqueue(jobs)
 	for _, k := range landed {
-		f := l.landed(int(l.chunkMember[cis[k]]))
+		f := l.landed(int(l.chunks[cis[k]].Member))
 		if f == nil { // evicted in the meantime: fetch it after all
 			f = l.ensure(cis[k:k+1], prio)[0]
 		}
@@ -317,9 +270,11 @@ func (l *Layer) ensure(cis []int, prio Priority) []*flight {
 // present reports whether every chunk of member m is in memory or in the
 // store, without reading any.
 func (l *Layer) present(m int) bool {
-	for _, ci := range l.chunksOf(m) {
+	first, n := l.chunksOf(m)
+	for k := first; k < first+n; k++ {
+		ci := l.t.at(k)
 		c := &l.chunks[ci]
-		if !l.s.mem.has(l, int(ci)) && (!c.HasDigest() || !l.s.store.Has(c.digest())) {
+		if !l.s.mem.has(l, ci) && (!c.HasDigest() || !l.s.store.Has(c.digest())) {
 			return false
 		}
 	}
@@ -329,10 +284,10 @@ func (l *Layer) present(m int) bool {
 // landed returns a finished flight for member m if all its chunks are in
 // memory or in the store, and nil otherwise.
 func (l *Layer) landed(m int) *flight {
-	cis := l.chunksOf(m)
-	data := make([][]byte, len(cis))
-	for k, ci := range cis {
-		if data[k] = l.local(int(ci)); data[k] == nil {
+	first, n := l.chunksOf(m)
+	data := make([][]byte, n)
+	for k := range data {
+		if data[k] = l.local(l.t.at(first + uint32(k))); data[k] == nil {
 			return nil
 		}
 	}
@@ -432,11 +387,11 @@ func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
 	if int64(len(src)) < int64(mb.clen) {
 		return nil, fmt.Errorf("fetch: member at %d: short read", mb.off)
 	}
-	cis := l.chunksOf(m)
-	cs := make([]format.Chunk, len(cis))
-	dsts := make([][]byte, len(cis))
-	for k, ci := range cis {
-		c := &l.chunks[ci]
+	first, n := l.chunksOf(m)
+	cs := make([]format.Chunk, n)
+	dsts := make([][]byte, n)
+	for k := range cs {
+		c := &l.chunks[l.t.at(first+uint32(k))]
 		var d digest.Digest
 		if c.HasDigest() {
 			d = c.digest()
@@ -472,8 +427,9 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 			// prefetched and background chunks go to the store alone,
 			// rather than push out chunks being read.
 			if j.prio == Demand {
-				for k, ci := range l.chunksOf(m) {
-					l.s.mem.put(l, int(ci), d[k])
+				first, n := l.chunksOf(m)
+				for k := range n {
+					l.s.mem.put(l, l.t.at(first+k), d[k])
 				}
 			}
 		} else {
@@ -498,8 +454,9 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 			if !ok {
 				continue
 			}
-			for k, ci := range l.chunksOf(m) {
-				if c := &l.chunks[ci]; c.HasDigest() {
+			first, n := l.chunksOf(m)
+			for k := range n {
+				if c := &l.chunks[l.t.at(first+k)]; c.HasDigest() {
 					if err := l.s.put(c.digest(), d[k]); err != nil {
 						l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
 					}
@@ -538,7 +495,8 @@ func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
 	for mi := range l.members {
 		m := &l.members[mi]
 		if want(m) && !l.stored(mi) {
-			cis = append(cis, int(l.chunksOf(mi)[0]))
+			first, _ := l.chunksOf(mi)
+			cis = append(cis, l.t.at(first))
 		}
 	}
 	if len(cis) > 0 {
@@ -570,8 +528,9 @@ func (l *Layer) Missing() int {
 
 // stored reports whether every chunk of member m is in the store.
 func (l *Layer) stored(m int) bool {
-	for _, ci := range l.chunksOf(m) {
-		if c := &l.chunks[ci]; !c.HasDigest() || !l.s.store.Has(c.digest()) {
+	first, n := l.chunksOf(m)
+	for k := first; k < first+n; k++ {
+		if c := &l.chunks[l.t.at(k)]; !c.HasDigest() || !l.s.store.Has(c.digest()) {
 			return false
 		}
 	}

@@ -1,6 +1,8 @@
 package layer
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"path"
 	"slices"
@@ -36,29 +38,63 @@ const (
 	FlagWhiteout
 )
 
-// node is one file, directory, link or device: 56 bytes.
+// node is one file, directory, link or device: 24 bytes. What repeats
+// across nodes (type and mode, owner, link count, device, xattrs, flags)
+// is one index into Index.attrs.
 type node struct {
 	parent uint32
-	mode   uint32 // st_mode: type and permission bits
-	uid    uint32
-	gid    uint32
-	nlink  uint32
+	attr   uint32 // index into Index.attrs
 	// first and count: a directory's dirents, a regular file's chunks, a
 	// symlink's target in the string table.
 	first uint32
 	count uint32
-	rdev  uint32
-	xattr uint32 // 1 + index into Index.xattrs; 0 for none
-	flags uint32
-	size  int64
-	mtime int64
+	size  uint32 // the size, unless the attribute set has flagBigSize
+	mtime uint32 // seconds since the epoch, unless the set has flagBigTime
 }
 
-// dirent is one name in a directory: 12 bytes.
+// attrSet is a set of attributes that nodes share: 48 bytes, once per
+// distinct set. A node whose size or mtime does not fit its own 32-bit
+// fields has a set of its own that holds them.
+type attrSet struct {
+	mode  uint32 // st_mode: type and permission bits
+	uid   uint32
+	gid   uint32
+	nlink uint32
+	rdev  uint32
+	xattr uint32 // 1 + index into Index.xattrs; 0 for none
+	flags uint32 // Flag* and flagBig*
+	size  int64  // with flagBigSize
+	mtime int64  // with flagBigTime
+}
+
+// Flags of an attribute set that are not a node's own (Attr.Flags
+// leaves them out).
+const (
+	flagBigSize uint32 = 1 << 30
+	flagBigTime uint32 = 1 << 31
+)
+
+// wideNode is a node as the builder assembles it, before its attributes
+// are shared.
+type wideNode struct {
+	parent uint32
+	mode   uint32
+	uid    uint32
+	gid    uint32
+	nlink  uint32
+	first  uint32
+	count  uint32
+	rdev   uint32
+	xattr  uint32
+	flags  uint32
+	size   int64
+	mtime  int64
+}
+
+// dirent is one name in a directory: 8 bytes.
 type dirent struct {
-	name    uint32 // offset into Index.strs
-	nameLen uint32
-	node    uint32
+	name uint32 // offset into Index.strs of the name's length (a uvarint) and bytes
+	node uint32
 }
 
 // Xattr is one extended attribute.
@@ -73,8 +109,9 @@ type Xattr struct {
 type Index struct {
 	strs    []byte
 	nodes   []node
+	attrs   []attrSet
 	dirents []dirent
-	chunks  []fetch.Chunk
+	chunks  *fetch.Table
 	xattrs  [][]Xattr
 	// prefetchEnd is the offset of the prefetch landmark; 0 with the
 	// no-prefetch landmark; -1 without a landmark.
@@ -108,11 +145,22 @@ func (x *Index) Len() int { return len(x.nodes) }
 // Attr returns the attributes of node id.
 func (x *Index) Attr(id NodeID) Attr {
 	n := &x.nodes[id]
+	a := &x.attrs[n.attr]
+	size, mtime := int64(n.size), int64(n.mtime)
+	if a.flags&flagBigSize != 0 {
+		size = a.size
+	}
+	if a.flags&flagBigTime != 0 {
+		mtime = a.mtime
+	}
 	return Attr{
-		Mode: n.mode, UID: n.uid, GID: n.gid, Size: n.size, ModTime: n.mtime,
-		Nlink: n.nlink, Major: n.rdev >> 20, Minor: n.rdev & (1<<20 - 1), Flags: n.flags,
+		Mode: a.mode, UID: a.uid, GID: a.gid, Size: size, ModTime: mtime,
+		Nlink: a.nlink, Major: a.rdev >> 20, Minor: a.rdev & (1<<20 - 1), Flags: a.flags &^ (flagBigSize | flagBigTime),
 	}
 }
+
+// mode returns node id's st_mode.
+func (x *Index) mode(id NodeID) uint32 { return x.attrs[x.nodes[id].attr].mode }
 
 // Parent returns the parent directory of a directory (the root's is itself).
 func (x *Index) Parent(id NodeID) NodeID { return NodeID(x.nodes[id].parent) }
@@ -120,7 +168,7 @@ func (x *Index) Parent(id NodeID) NodeID { return NodeID(x.nodes[id].parent) }
 // Link returns a symlink's target.
 func (x *Index) Link(id NodeID) string {
 	n := &x.nodes[id]
-	if n.mode&syscall.S_IFMT != syscall.S_IFLNK {
+	if x.mode(id)&syscall.S_IFMT != syscall.S_IFLNK {
 		return ""
 	}
 	return string(x.strs[n.first : n.first+n.count])
@@ -129,7 +177,7 @@ func (x *Index) Link(id NodeID) string {
 // Xattrs returns the node's extended attributes (trusted.overlay.* from
 // the image are never among them).
 func (x *Index) Xattrs(id NodeID) []Xattr {
-	if i := x.nodes[id].xattr; i > 0 {
+	if i := x.attrs[x.nodes[id].attr].xattr; i > 0 {
 		return x.xattrs[i-1]
 	}
 	return nil
@@ -137,11 +185,10 @@ func (x *Index) Xattrs(id NodeID) []Xattr {
 
 // NumChildren returns the number of entries of a directory.
 func (x *Index) NumChildren(id NodeID) int {
-	n := &x.nodes[id]
-	if n.mode&syscall.S_IFMT != syscall.S_IFDIR {
+	if x.mode(id)&syscall.S_IFMT != syscall.S_IFDIR {
 		return 0
 	}
-	return int(n.count)
+	return int(x.nodes[id].count)
 }
 
 // Child returns the i-th entry of a directory, in name order.
@@ -150,19 +197,24 @@ func (x *Index) Child(dir NodeID, i int) (string, NodeID) {
 	return x.name(d), NodeID(d.node)
 }
 
-func (x *Index) name(d *dirent) string {
-	return string(x.strs[d.name : d.name+d.nameLen])
+func (x *Index) name(d *dirent) string { return string(x.nameBytes(d.name)) }
+
+// nameBytes returns the name stored at off in the string table.
+func (x *Index) nameBytes(off uint32) []byte {
+	n, k := binary.Uvarint(x.strs[off:])
+	start := uint64(off) + uint64(k)
+	return x.strs[start : start+n]
 }
 
 // Lookup finds name in directory dir.
 func (x *Index) Lookup(dir NodeID, name string) (NodeID, bool) {
 	n := &x.nodes[dir]
-	if n.mode&syscall.S_IFMT != syscall.S_IFDIR {
+	if x.mode(dir)&syscall.S_IFMT != syscall.S_IFDIR {
 		return 0, false
 	}
 	ds := x.dirents[n.first : n.first+n.count]
 	i, ok := slices.BinarySearchFunc(ds, name, func(d dirent, name string) int {
-		return strings.Compare(string(x.strs[d.name:d.name+d.nameLen]), name)
+		return strings.Compare(string(x.nameBytes(d.name)), name)
 	})
 	if !ok {
 		return 0, false
@@ -192,7 +244,7 @@ func (x *Index) LookupPath(p string) (NodeID, bool) {
 // Chunks returns the range of a regular file's chunks in the chunk table.
 func (x *Index) Chunks(id NodeID) (first, n int) {
 	nd := &x.nodes[id]
-	if nd.mode&syscall.S_IFMT != syscall.S_IFREG {
+	if x.mode(id)&syscall.S_IFMT != syscall.S_IFREG {
 		return 0, 0
 	}
 	return int(nd.first), int(nd.count)
@@ -208,7 +260,9 @@ func (x *Index) PrefetchEnd() (end int64, ok bool) {
 }
 
 // IsWhiteout reports whether a node is a whiteout entry.
-func (x *Index) IsWhiteout(id NodeID) bool { return x.nodes[id].flags&FlagWhiteout != 0 }
+func (x *Index) IsWhiteout(id NodeID) bool {
+	return x.attrs[x.nodes[id].attr].flags&FlagWhiteout != 0
+}
 
 // Neutralized returns how many entries were dropped as unsafe.
 func (x *Index) Neutralized() int { return x.neutralized }
@@ -216,26 +270,31 @@ func (x *Index) Neutralized() int { return x.neutralized }
 // buildIndex turns a validated TOC into an Index.
 func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 	b := &indexBuilder{
-		x:      &Index{prefetchEnd: -1},
-		paths:  map[string]uint32{"": 0},
-		strIDs: map[string]uint32{},
-		xIDs:   map[string]uint32{},
+		x:       &Index{prefetchEnd: -1},
+		paths:   map[string]uint32{"": 0},
+		strIDs:  map[string]uint32{},
+		nameIDs: map[string]uint32{},
+		xIDs:    map[string]uint32{},
 	}
-	b.x.nodes = append(b.x.nodes, node{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	b.nodes = append(b.nodes, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	for i := range toc.Entries {
 		if err := b.add(i, &toc.Entries[i], lay); err != nil {
 			return nil, err
 		}
 	}
 	b.link()
+	b.pack()
 	// The tables grew by doubling: keep exactly what they hold, since they
 	// live as long as the layer is mounted.
 	x := b.x
 	x.strs = exact(x.strs)
-	x.nodes = exact(x.nodes)
+	x.attrs = exact(x.attrs)
 	x.dirents = exact(x.dirents)
-	x.chunks = exact(x.chunks)
 	x.xattrs = exact(x.xattrs)
+	var err error
+	if x.chunks, err = b.chunks.Table(); err != nil {
+		return nil, fmt.Errorf("layer: %w", err)
+	}
 	return x, nil
 }
 
@@ -250,10 +309,13 @@ func exact[T any](s []T) []T {
 }
 
 type indexBuilder struct {
-	x      *Index
-	paths  map[string]uint32 // cleaned path → node; the last entry wins
-	strIDs map[string]uint32 // interned strings → offset
-	xIDs   map[string]uint32 // xattr set key → 1 + index
+	x       *Index
+	nodes   []wideNode // become x.nodes and x.attrs
+	chunks  fetch.TableBuilder
+	paths   map[string]uint32 // cleaned path → node; the last entry wins
+	strIDs  map[string]uint32 // interned strings (link targets) → offset
+	nameIDs map[string]uint32 // interned names → offset of their length
+	xIDs    map[string]uint32 // xattr set key → 1 + index
 }
 
 func (b *indexBuilder) intern(s string) uint32 {
@@ -263,6 +325,18 @@ func (b *indexBuilder) intern(s string) uint32 {
 	off := uint32(len(b.x.strs))
 	b.x.strs = append(b.x.strs, s...)
 	b.strIDs[s] = off
+	return off
+}
+
+// internName stores a name, preceded by its length, once.
+func (b *indexBuilder) internName(s string) uint32 {
+	if off, ok := b.nameIDs[s]; ok {
+		return off
+	}
+	off := uint32(len(b.x.strs))
+	b.x.strs = binary.AppendUvarint(b.x.strs, uint64(len(s)))
+	b.x.strs = append(b.x.strs, s...)
+	b.nameIDs[s] = off
 	return off
 }
 
@@ -286,7 +360,7 @@ func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
 	if name == "" {
 		if e.Type == format.TypeDir {
 			b.setAttrs(0, e)
-			b.x.nodes[0].flags &^= FlagImplied
+			b.nodes[0].flags &^= FlagImplied
 		}
 		return nil
 	}
@@ -294,7 +368,7 @@ func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
 	if e.Type == format.TypeHardlink {
 		target, err := format.CleanName(e.LinkName)
 		id, ok := b.paths[target]
-		if err != nil || !ok || b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if err != nil || !ok || b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
 			b.x.neutralized++
 			return nil
 		}
@@ -302,16 +376,16 @@ func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
 		return nil
 	}
 	if e.Type == format.TypeDir {
-		if id, ok := b.paths[name]; ok && b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if id, ok := b.paths[name]; ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
 			b.setAttrs(id, e)
-			b.x.nodes[id].flags &^= FlagImplied
+			b.nodes[id].flags &^= FlagImplied
 			return nil
 		}
 	}
-	id := uint32(len(b.x.nodes))
-	b.x.nodes = append(b.x.nodes, node{parent: parent})
+	id := uint32(len(b.nodes))
+	b.nodes = append(b.nodes, wideNode{parent: parent})
 	b.setAttrs(id, e)
-	n := &b.x.nodes[id]
+	n := &b.nodes[id]
 	switch e.Type {
 	case format.TypeDir:
 		n.mode |= syscall.S_IFDIR
@@ -347,18 +421,18 @@ func (b *indexBuilder) dir(p string) uint32 {
 	if p == "." || p == "" {
 		return 0
 	}
-	if id, ok := b.paths[p]; ok && b.x.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+	if id, ok := b.paths[p]; ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
 		return id
 	}
 	parent := b.dir(path.Dir(p))
-	id := uint32(len(b.x.nodes))
-	b.x.nodes = append(b.x.nodes, node{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	id := uint32(len(b.nodes))
+	b.nodes = append(b.nodes, wideNode{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	b.paths[p] = id
 	return id
 }
 
 func (b *indexBuilder) setAttrs(id uint32, e *format.Entry) {
-	n := &b.x.nodes[id]
+	n := &b.nodes[id]
 	n.mode = n.mode&syscall.S_IFMT | uint32(e.Mode)&0o7777
 	n.uid, n.gid = uint32(e.UID), uint32(e.GID)
 	n.mtime = 0
@@ -398,61 +472,50 @@ func (b *indexBuilder) xattrSet(xs map[string][]byte) uint32 {
 const maxU32 = 1<<32 - 1
 
 func (b *indexBuilder) addChunks(id uint32, cs []format.Chunk) error {
-	n := &b.x.nodes[id]
-	n.first = uint32(len(b.x.chunks))
-	n.count = uint32(len(cs))
-	for _, c := range cs {
-		clen := c.End - c.Offset
-		if clen > maxU32 || c.InnerOffset > maxU32 || c.Size > maxU32 {
-			return fmt.Errorf("chunk at %d too large to serve lazily (%d compressed, %d bytes)", c.Offset, clen, c.Size)
-		}
-		fc := fetch.Chunk{Off: c.Offset, CLen: uint32(clen), Inner: uint32(c.InnerOffset), FileOff: c.FileOffset, Size: uint32(c.Size)}
-		if c.Digest != "" {
-			sum, err := fetch.ParseDigest(c.Digest)
-			if err != nil {
-				return err
-			}
-			fc.Digest = sum
-		}
-		b.x.chunks = append(b.x.chunks, fc)
+	first, err := b.chunks.AddFile(cs)
+	if err != nil {
+		return err
 	}
+	n := &b.nodes[id]
+	n.first = uint32(first)
+	n.count = uint32(len(cs))
 	return nil
 }
 
 // link turns the path map into sorted directory entries and link counts.
 func (b *indexBuilder) link() {
 	x := b.x
-	children := make([][]dirent, len(x.nodes))
+	children := make([][]dirent, len(b.nodes))
 	for p, id := range b.paths {
 		if p == "" {
 			continue
 		}
 		dir, base := path.Split(p)
 		pid, ok := b.paths[strings.TrimSuffix(dir, "/")]
-		if !ok || x.nodes[pid].mode&syscall.S_IFMT != syscall.S_IFDIR {
+		if !ok || b.nodes[pid].mode&syscall.S_IFMT != syscall.S_IFDIR {
 			continue
 		}
-		children[pid] = append(children[pid], dirent{name: b.intern(base), nameLen: uint32(len(base)), node: id})
-		if strings.HasPrefix(base, WhiteoutPrefix) && base != OpaqueMarker && x.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
-			x.nodes[id].flags |= FlagWhiteout
+		children[pid] = append(children[pid], dirent{name: b.internName(base), node: id})
+		if strings.HasPrefix(base, WhiteoutPrefix) && base != OpaqueMarker && b.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
+			b.nodes[id].flags |= FlagWhiteout
 		}
 	}
 	// Reachable nodes only: a replaced directory's old contents are not.
-	for i := range x.nodes {
-		x.nodes[i].nlink = 0
+	for i := range b.nodes {
+		b.nodes[i].nlink = 0
 	}
 	var walk func(id uint32)
 	walk = func(id uint32) {
-		n := &x.nodes[id]
+		n := &b.nodes[id]
 		ds := children[id]
 		slices.SortFunc(ds, func(a, c dirent) int {
-			return strings.Compare(string(x.strs[a.name:a.name+a.nameLen]), string(x.strs[c.name:c.name+c.nameLen]))
+			return bytes.Compare(x.nameBytes(a.name), x.nameBytes(c.name))
 		})
 		n.first, n.count = uint32(len(x.dirents)), uint32(len(ds))
 		x.dirents = append(x.dirents, ds...)
 		n.nlink = 2
 		for _, d := range ds {
-			c := &x.nodes[d.node]
+			c := &b.nodes[d.node]
 			if c.mode&syscall.S_IFMT == syscall.S_IFDIR {
 				n.nlink++
 				c.parent = id
@@ -463,4 +526,38 @@ func (b *indexBuilder) link() {
 		}
 	}
 	walk(0)
+}
+
+// pack turns the builder's wide nodes into the compact node table and
+// the table of distinct attribute sets, in node order.
+func (b *indexBuilder) pack() {
+	x := b.x
+	ids := map[attrSet]uint32{}
+	x.nodes = make([]node, len(b.nodes))
+	for i := range b.nodes {
+		w := &b.nodes[i]
+		a := attrSet{mode: w.mode, uid: w.uid, gid: w.gid, nlink: w.nlink, rdev: w.rdev, xattr: w.xattr, flags: w.flags}
+		n := node{parent: w.parent, first: w.first, count: w.count}
+		if w.size >= 0 && w.size <= maxU32 {
+			n.size = uint32(w.size)
+		} else {
+			a.flags |= flagBigSize
+			a.size = w.size
+		}
+		if w.mtime >= 0 && w.mtime <= maxU32 {
+			n.mtime = uint32(w.mtime)
+		} else {
+			a.flags |= flagBigTime
+			a.mtime = w.mtime
+		}
+		id, ok := ids[a]
+		if !ok {
+			id = uint32(len(x.attrs))
+			x.attrs = append(x.attrs, a)
+			ids[a] = id
+		}
+		n.attr = id
+		x.nodes[i] = n
+	}
+	b.nodes = nil
 }

@@ -113,10 +113,7 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 	if cfg.allowUnverified {
 		fopts = append(fopts, fetch.AllowUnverified())
 	}
-	fl, err := s.Layer(src, f.Kind, x.chunks, fopts...)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
-	}
+	fl := s.Layer(src, f.Kind, x.chunks, fopts...)
 	return &Layer{
 		Desc: d, Kind: f.Kind, Index: x, TOCDigest: jsonDigest,
 		TOCBytes: t.fetched, DataEnd: f.DataEnd(), fetch: fl,
@@ -208,5 +205,9 @@ func (l *Layer) Stats() fetch.Stats { return l.fetch.Stats() }
 // Missing returns the number of members not yet in the store.
 func (l *Layer) Missing() int { return l.fetch.Missing() }
 
-// ChunkTable returns the layer's chunk table, which Index.Chunks indexes.
-func (l *Layer) ChunkTable() []fetch.Chunk { return l.Index.chunks }
+// FileChunks returns where a regular file's chunks are, in the blob and
+// in the file.
+func (l *Layer) FileChunks(id NodeID) []fetch.ChunkInfo {
+	first, n := l.Index.Chunks(id)
+	return l.Index.chunks.File(first, n)
+}

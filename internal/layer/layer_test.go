@@ -245,7 +245,7 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	if !ok {
 		t.Fatal("missing file")
 	}
-	first, n := l.Index.Chunks(id)
+	_, n := l.Index.Chunks(id)
 	if n < 10 {
 		t.Fatalf("%s has %d chunks", name, n)
 	}
@@ -274,13 +274,13 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	// each member fetched.
 	fetched := map[int64]int{}
 	for _, r := range ms.Requests() {
-		for _, c := range chunksOf(l, first, n) {
+		for _, c := range l.FileChunks(id) {
 			if c.Off >= r.Off && c.Off < r.Off+r.Len {
 				fetched[c.Off]++
 			}
 		}
 	}
-	for _, c := range chunksOf(l, first, n) {
+	for _, c := range l.FileChunks(id) {
 		if fetched[c.Off] != 1 {
 			t.Errorf("member at %d fetched %d times", c.Off, fetched[c.Off])
 		}
@@ -290,10 +290,6 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	if got := len(ms.Requests()); got != 0 {
 		t.Errorf("re-read made %d requests", got)
 	}
-}
-
-func chunksOf(l *layer.Layer, first, n int) []fetch.Chunk {
-	return l.ChunkTable()[first : first+n]
 }
 
 // TestCorruptionIsRetriedNeverServed: flipped bytes are fetched again;
@@ -445,5 +441,52 @@ func TestDemandSplitsBackgroundJob(t *testing.T) {
 	}
 	if fetched == 0 || fetched > 1<<20 {
 		t.Errorf("reading a %d-byte file fetched %d bytes of a %d-byte layer", len(files[name]), fetched, len(b.blob))
+	}
+}
+
+// TestSharedAttributes: nodes share attribute sets, and times that do not
+// fit a node's 32-bit field (before 1970, after 2106) are kept whole.
+func TestSharedAttributes(t *testing.T) {
+	w := tartest.NewWriter(3)
+	times := map[string]time.Time{
+		"old":    time.Date(1901, 1, 2, 3, 4, 5, 0, time.UTC),
+		"epoch":  time.Unix(1, 0),
+		"recent": time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC),
+		"late":   time.Date(2107, 1, 1, 0, 0, 0, 0, time.UTC),
+		"far":    time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+	}
+	for name, mt := range times {
+		for i, mode := range []int64{0o644, 0o600, 0o4755} {
+			w.Header(&tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("%s%d", name, i), Mode: mode,
+				Uid: 1000 + i, Gid: 2000 - i, ModTime: mt, Size: 3}, []byte("abc"))
+		}
+		w.Header(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: 0o750, ModTime: mt}, nil)
+	}
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := tartest.Entries(bytes.NewReader(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildLayer(t, src)
+	l := open(t, newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
+	for name, e := range tartest.Latest(want) {
+		if name == "" {
+			continue
+		}
+		id, ok := l.Index.LookupPath(name)
+		if !ok {
+			t.Errorf("%q: not in the index", name)
+			continue
+		}
+		checkEntry(t, l, id, name, e)
+		if got, want := l.Index.Attr(id).ModTime, times[strings.TrimRight(name, "012")].Unix(); got != want {
+			t.Errorf("%q: mtime %d, want %d", name, got, want)
+		}
+		if f := l.Index.Attr(id).Flags; f != 0 {
+			t.Errorf("%q: flags %#x, want none", name, f)
+		}
 	}
 }

@@ -41,8 +41,8 @@ func TestConcurrentColdRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := st.image.Layers[e.Layer]
-	first, n := l.Index.Chunks(e.Node)
-	chunks := l.ChunkTable()[first : first+n]
+	chunks := l.FileChunks(e.Node)
+	n := len(chunks)
 	members := map[span]bool{}
 	for _, c := range chunks {
 		members[span{c.Off, c.Off + int64(c.CLen)}] = true
@@ -125,7 +125,7 @@ func TestConcurrentColdRead(t *testing.T) {
 
 // readRotated reads the file of e chunk by chunk, starting with chunk
 // i mod len(chunks) and wrapping around, and checks its sha256.
-func readRotated(ctx context.Context, st *stack, e image.Entry, chunks []fetch.Chunk, i int, want string) error {
+func readRotated(ctx context.Context, st *stack, e image.Entry, chunks []fetch.ChunkInfo, i int, want string) error {
 	buf := make([]byte, e.Attr.Size)
 	for k := range chunks {
 		c := chunks[(i+k)%len(chunks)]
