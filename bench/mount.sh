@@ -290,6 +290,7 @@ if $memory_only; then
 	ask image "heap $work/heap.image.pprof" >/dev/null
 	echo "nibble mount memory ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$root" && git rev-parse --short HEAD)), $entries entries:"
 	echo "  before mount $rss0 KiB (anon $(stat_field "$ready" anon0_kb) KiB); mounted $(stat_field "$ready" rss_mounted_gc_kb) KiB after GC, $(stat_field "$ready" rss_mounted_kb) KiB before"
+	echo "  peak while mounting (VmHWM) $(stat_field "$ready" hwm_kb) KiB: $(awk -v a="$(stat_field "$ready" hwm_kb)" -v b="$rss0" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') bytes/entry over the start"
 	echo "  after one ls -lR: $(awk -v a="$(stat_field "$line" rss_kb)" -v b="$rss0" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') bytes/entry"
 	echo "         before the mount: anon_kb=$(stat_field "$ready" anon0_kb) heap_inuse=$(stat_field "$ready" heap_inuse0) gc_sys=$(stat_field "$ready" gc_sys0)"
 	echo "         go runtime after the walk: ${line#rss }"
@@ -478,6 +479,7 @@ for name in image layer; do
 	rssw=$(stat_field "$line" rss_kb)
 	printf '  %-6s before mount %6d KiB; mounted %6d KiB (%6d before GC); after one ls -lR %6d KiB (%6d before GC): %s bytes/entry\n' \
 		"$name" "$rss0" "$rssmgc" "$rssm" "$rssw" "$(stat_field "$(cat "$work/rssnow.$name")" rss_kb)" "$(per_entry "$rssw" "$rss0")"
+	echo "         peak while mounting (VmHWM): $(stat_field "${!r}" hwm_kb) KiB, $(per_entry "$(stat_field "${!r}" hwm_kb)" "$rss0") bytes/entry over the start"
 	echo "         before the mount: anon_kb=$(stat_field "${!r}" anon0_kb) heap_inuse=$(stat_field "${!r}" heap_inuse0) gc_sys=$(stat_field "${!r}" gc_sys0)"
 	echo "         go runtime after the walk: ${line#rss }"
 done

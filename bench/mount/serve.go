@@ -110,10 +110,11 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	took := time.Since(t0)
 	defer s.unmount()
 	rssMounted := rss()
+	hwm := procStatus("VmHWM") // the peak resident set, reached while mounting
 	rssMountedGC := gcRSS()
 	bytes, reqs := s.fetched()
-	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d pid=%d heap_inuse0=%d gc_sys0=%d anon0_kb=%d\n",
-		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, os.Getpid(), ms0.HeapInuse, ms0.GCSys, anon0)
+	fmt.Fprintf(stdout, "ready mode=%s mount_us=%d entries=%d fetched=%d requests=%d rss0_kb=%d rss_mounted_kb=%d rss_mounted_gc_kb=%d hwm_kb=%d pid=%d heap_inuse0=%d gc_sys0=%d anon0_kb=%d\n",
+		*mode, took.Microseconds(), s.entries, bytes, reqs, rss0, rssMounted, rssMountedGC, hwm, os.Getpid(), ms0.HeapInuse, ms0.GCSys, anon0)
 
 	lines := make(chan string)
 	go func() {
