@@ -2,7 +2,9 @@ package layer_test
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"runtime"
 	"testing"
 
 	"nibble.dev/nibble/internal/cache"
@@ -53,4 +55,52 @@ func BenchmarkColdRead(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkOpen opens a layer of 20,000 small files in 400 directories
+// (its footer and TOC from memory): the cost of decoding the TOC and
+// building the index. It reports the bytes and allocations per TOC entry
+// that opening allocates, which bound how much garbage a large TOC
+// leaves for the collector, and the heap the index keeps.
+func BenchmarkOpen(b *testing.B) {
+	const dirs, perDir = 400, 50
+	w := tartest.NewWriter(3)
+	for d := range dirs {
+		dir := fmt.Sprintf("usr/share/pkg%03d/", d)
+		w.Dir(dir)
+		for f := range perDir {
+			w.File(fmt.Sprintf("%sfile-%04d.txt", dir, f), []byte(dir))
+		}
+	}
+	src, err := w.Bytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bl := buildLayer(b, src)
+	c := newCache(b)
+	s := newScheduler(b, c)
+	ms := &fetchtest.MemSource{Blob: bl.blob}
+	l := open(b, s, ms, bl.desc)
+	entries := float64(l.Index.Len())
+	l.Close()
+	var before, after runtime.MemStats
+	b.ReportAllocs()
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		l := open(b, s, ms, bl.desc)
+		l.Close()
+	}
+	runtime.ReadMemStats(&after)
+	n := float64(b.N) * entries
+	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "B/entry")
+	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/entry")
+	// What an open layer keeps.
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	l = open(b, s, ms, bl.desc)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/entries, "kept-B/entry")
+	runtime.KeepAlive(l)
+	l.Close()
 }
