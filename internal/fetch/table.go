@@ -117,68 +117,145 @@ func (t *Table) File(first, n int) []ChunkInfo {
 	return out
 }
 
-// TableBuilder assembles a Table from files' chunks. The zero value is
-// ready to use.
+// TableBuilder assembles a Table from files' chunks, one file at a time
+// and one chunk at a time (as format.ReadTOC hands them over), so that a
+// TOC's chunks need not be held anywhere else. The zero value is ready
+// to use.
+//
+// A member's compressed length is not taken from the chunks: Table works
+// it out, as the eStargz format defines it, from the offsets of all the
+// members (a member ends where the next one begins, the last at the end
+// of the file members), tightened by a chunk's EndOffset.
 type TableBuilder struct {
-	t         Table
-	offs      []int64          // every chunk's file offset
-	byOff     map[int64]uint32 // member offset → index, in order of appearance
-	sorted    bool             // members appeared in offset order so far
-	irregular bool             // some file's chunks have different sizes
+	t    Table
+	offs []int64 // every chunk's file offset
+	// byOff maps member offsets to indexes; nil while the members come in
+	// offset order (as a TOC in blob order gives them), where the last
+	// member is the only one a chunk can share.
+	byOff     map[int64]uint32
+	irregular bool // some file's chunks have different sizes
+	file      int  // index of the open file's first chunk
+	next      int64
+	bounds    map[int64]*endBound // by member offset: the EndOffsets of its chunks
+	others    []int64             // offsets of members whose chunks are not in the table
+}
+
+// endBound sums up the EndOffsets that chunks give their member.
+type endBound struct {
+	lo, hi    int64 // the least and greatest EndOffset beyond the member's offset
+	unbounded bool  // some chunk has none
 }
 
 const maxU32 = 1<<32 - 1
 
+// StartFile begins a file: the chunks added next are its chunks, in file
+// order. It returns the index of the file's first chunk.
+func (b *TableBuilder) StartFile() int {
+	b.file, b.next = len(b.t.chunks), 0
+	return b.file
+}
+
+// AddChunk adds the next chunk of the file begun by StartFile. c.End is
+// not used (see TableBuilder).
+func (b *TableBuilder) AddChunk(c format.Chunk) error {
+	if c.Offset < 0 || c.InnerOffset < 0 || c.InnerOffset > maxU32 || c.Size <= 0 || c.Size > maxU32 {
+		return fmt.Errorf("fetch: chunk at %d too large to serve lazily (%d bytes after %d)", c.Offset, c.Size, c.InnerOffset)
+	}
+	if c.FileOffset != b.next {
+		return fmt.Errorf("fetch: chunk at %d: file offset %d, want %d", c.Offset, c.FileOffset, b.next)
+	}
+	b.next += c.Size
+	// A file's chunks but the last share the first one's size, or the
+	// table keeps every chunk's file offset.
+	if k := len(b.t.chunks) - b.file; k >= 2 && b.t.chunks[len(b.t.chunks)-1].Size != b.t.chunks[b.file].Size {
+		b.irregular = true
+	}
+	m, isNew := b.member(c.Offset)
+	b.bound(c, isNew)
+	fc := Chunk{Member: m, Inner: uint32(c.InnerOffset), Size: uint32(c.Size)}
+	if c.Digest != "" {
+		var err error
+		if fc.Digest, err = ParseDigest(c.Digest); err != nil {
+			return err
+		}
+	}
+	b.t.chunks = append(b.t.chunks, fc)
+	b.offs = append(b.offs, c.FileOffset)
+	return nil
+}
+
+// member returns the index of the member at off, adding it if it is new.
+func (b *TableBuilder) member(off int64) (m uint32, isNew bool) {
+	ms := b.t.members
+	if b.byOff == nil {
+		switch n := len(ms); {
+		case n > 0 && ms[n-1].off == off:
+			return uint32(n - 1), false
+		case n > 0 && ms[n-1].off > off:
+			// Out of offset order: from here on, look members up by offset.
+			b.byOff = make(map[int64]uint32, len(ms))
+			for i := range ms {
+				b.byOff[ms[i].off] = uint32(i)
+			}
+		default:
+			b.t.members = append(ms, member{off: off})
+			return uint32(n), true
+		}
+	}
+	if m, ok := b.byOff[off]; ok {
+		return m, false
+	}
+	m = uint32(len(ms))
+	b.t.members = append(ms, member{off: off})
+	b.byOff[off] = m
+	return m, true
+}
+
+// bound records the EndOffset that chunk c gives its member.
+func (b *TableBuilder) bound(c format.Chunk, isNew bool) {
+	eb := b.bounds[c.Offset]
+	if c.EndOffset <= c.Offset {
+		if eb != nil {
+			eb.unbounded = true
+		}
+		return
+	}
+	if eb == nil {
+		if b.bounds == nil {
+			b.bounds = map[int64]*endBound{}
+		}
+		// A member seen before without a bound had chunks without one.
+		b.bounds[c.Offset] = &endBound{lo: c.EndOffset, hi: c.EndOffset, unbounded: !isNew}
+		return
+	}
+	eb.lo, eb.hi = min(eb.lo, c.EndOffset), max(eb.hi, c.EndOffset)
+}
+
+// AddOther records that a member starts at off although none of its
+// chunks are in the table (a landmark's, say), so that the member before
+// it ends there.
+func (b *TableBuilder) AddOther(off int64) { b.others = append(b.others, off) }
+
 // AddFile adds the chunks of one file (contiguous, in file order, as
 // format.Layout.FileChunks returns them) and returns the index of its
-// first chunk.
+// first chunk: StartFile, then AddChunk for each.
 func (b *TableBuilder) AddFile(cs []format.Chunk) (first int, err error) {
-	if b.byOff == nil {
-		b.byOff = map[int64]uint32{}
-		b.sorted = true
-	}
-	first = len(b.t.chunks)
-	var next int64
-	for k, c := range cs {
-		clen := c.End - c.Offset
-		if clen < 0 || clen > maxU32 || c.InnerOffset < 0 || c.InnerOffset > maxU32 || c.Size < 0 || c.Size > maxU32 {
-			return 0, fmt.Errorf("fetch: chunk at %d too large to serve lazily (%d compressed, %d bytes)", c.Offset, clen, c.Size)
+	first = b.StartFile()
+	for _, c := range cs {
+		if err := b.AddChunk(c); err != nil {
+			return 0, err
 		}
-		if c.FileOffset != next {
-			return 0, fmt.Errorf("fetch: chunk at %d: file offset %d, want %d", c.Offset, c.FileOffset, next)
-		}
-		next += c.Size
-		if k > 0 && k < len(cs)-1 && c.Size != cs[0].Size || len(cs) > 1 && cs[0].Size == 0 {
-			b.irregular = true
-		}
-		m, ok := b.byOff[c.Offset]
-		if !ok {
-			m = uint32(len(b.t.members))
-			if n := len(b.t.members); n > 0 && b.t.members[n-1].off > c.Offset {
-				b.sorted = false
-			}
-			b.t.members = append(b.t.members, member{off: c.Offset, clen: uint32(clen)})
-			b.byOff[c.Offset] = m
-		} else if b.t.members[m].clen != uint32(clen) {
-			return 0, fmt.Errorf("fetch: chunks of the member at %d disagree on its length", c.Offset)
-		}
-		fc := Chunk{Member: m, Inner: uint32(c.InnerOffset), Size: uint32(c.Size)}
-		if c.Digest != "" {
-			if fc.Digest, err = ParseDigest(c.Digest); err != nil {
-				return 0, err
-			}
-		}
-		b.t.chunks = append(b.t.chunks, fc)
-		b.offs = append(b.offs, c.FileOffset)
 	}
 	return first, nil
 }
 
 // Table returns the table of the files added, with every slice sized
-// exactly (it lives as long as its layer). The builder is spent.
-func (b *TableBuilder) Table() (*Table, error) {
+// exactly (it lives as long as its layer). dataEnd is where the layer's
+// file members end (format.Footer.DataEnd): the end of the last member.
+// The builder is spent.
+func (b *TableBuilder) Table(dataEnd int64) (*Table, error) {
 	t := &b.t
-	if !b.sorted {
+	if b.byOff != nil {
 		// Number the members by offset.
 		byOff := make([]uint32, len(t.members))
 		for i := range byOff {
@@ -196,10 +273,26 @@ func (b *TableBuilder) Table() (*Table, error) {
 			t.chunks[i].Member = rank[t.chunks[i].Member]
 		}
 	}
-	for i := 1; i < len(t.members); i++ {
-		if p := &t.members[i-1]; p.off+int64(p.clen) > t.members[i].off {
-			return nil, fmt.Errorf("fetch: members at %d and %d overlap", p.off, t.members[i].off)
+	slices.Sort(b.others)
+	for i := range t.members {
+		m := &t.members[i]
+		end := dataEnd
+		if i+1 < len(t.members) {
+			end = t.members[i+1].off
 		}
+		if j := sort.Search(len(b.others), func(j int) bool { return b.others[j] > m.off }); j < len(b.others) {
+			end = min(end, b.others[j])
+		}
+		if eb := b.bounds[m.off]; eb != nil && eb.lo < end {
+			if eb.unbounded || eb.hi != eb.lo {
+				return nil, fmt.Errorf("fetch: chunks of the member at %d disagree on its length", m.off)
+			}
+			end = eb.lo
+		}
+		if end <= m.off || end-m.off > maxU32 {
+			return nil, fmt.Errorf("fetch: member at %d of %d compressed bytes cannot be served lazily", m.off, end-m.off)
+		}
+		m.clen = uint32(end - m.off)
 	}
 	inOrder := true
 	for i := 1; i < len(t.chunks) && inOrder; i++ {

@@ -11,7 +11,8 @@ import (
 )
 
 // file makes the chunks of one file: sizes[i] bytes in the member at
-// offs[i] (of compressed length 100), after inner[i] bytes.
+// offs[i], after inner[i] bytes. The tests place members 100 bytes apart,
+// and End says so (the table works it out by itself).
 func file(sizes []int64, offs []int64, inner []int64) []format.Chunk {
 	var cs []format.Chunk
 	var fo int64
@@ -27,11 +28,10 @@ func file(sizes []int64, offs []int64, inner []int64) []format.Chunk {
 
 func TestTable(t *testing.T) {
 	for _, tt := range []struct {
-		name      string
-		files     [][]format.Chunk
-		order     bool // the table needs its order list
-		offs      bool // and its file offsets
-		wantError string
+		name  string
+		files [][]format.Chunk
+		order bool // the table needs its order list
+		offs  bool // and its file offsets
 	}{
 		{name: "blob order, one member per file", files: [][]format.Chunk{
 			file([]int64{10}, []int64{0}, []int64{0}),
@@ -57,28 +57,22 @@ func TestTable(t *testing.T) {
 			file([]int64{8, 8, 2}, []int64{0, 100, 200}, []int64{0, 0, 0}),
 			file([]int64{5, 9, 5, 1}, []int64{300, 400, 500, 600}, []int64{0, 0, 0, 0}),
 		}},
-		{name: "overlapping members", wantError: "overlap", files: [][]format.Chunk{
-			file([]int64{10}, []int64{0}, []int64{0}),
-			file([]int64{10}, []int64{50}, []int64{0}),
-		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var b TableBuilder
 			var firsts []int
+			var dataEnd int64
 			for _, cs := range tt.files {
 				first, err := b.AddFile(cs)
 				if err != nil {
 					t.Fatal(err)
 				}
 				firsts = append(firsts, first)
-			}
-			tab, err := b.Table()
-			if tt.wantError != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantError) {
-					t.Fatalf("Table: %v, want an error with %q", err, tt.wantError)
+				for _, c := range cs {
+					dataEnd = max(dataEnd, c.End)
 				}
-				return
 			}
+			tab, err := b.Table(dataEnd)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,20 +128,67 @@ func TestTable(t *testing.T) {
 	}
 }
 
+// TestTableEnds: a member ends where the next begins, or at the end of
+// the data, or at its chunks' EndOffset where that is tighter.
+func TestTableEnds(t *testing.T) {
+	var b TableBuilder
+	for _, c := range []format.Chunk{
+		{Offset: 500, Size: 5},
+		{Offset: 0, Size: 5, EndOffset: 40},      // tighter than 100: taken
+		{Offset: 100, Size: 5, EndOffset: 900},   // looser: the next member wins
+		{Offset: 200, Size: 5, EndOffset: 200},   // not beyond the offset: ignored
+		{Offset: 300, Size: 5, EndOffset: 350},   // two chunks that agree
+		{Offset: 300, Size: 5, EndOffset: 350},   //
+		{Offset: 400, Size: 5, EndOffset: 10000}, // looser than the next
+		{Offset: 400, Size: 5},                   // and none: both the next member (another's)
+	} {
+		b.StartFile()
+		if err := b.AddChunk(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.AddOther(470) // a member whose chunks are not in the table
+	b.AddOther(400)
+	tab, err := b.Table(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]uint32{0: 40, 100: 100, 200: 100, 300: 50, 400: 70, 500: 500}
+	for _, m := range tab.members {
+		if m.clen != want[m.off] {
+			t.Errorf("member at %d: %d bytes, want %d", m.off, m.clen, want[m.off])
+		}
+	}
+}
+
 func TestTableRefuses(t *testing.T) {
 	for _, tt := range []struct {
-		name string
-		cs   []format.Chunk
-		want string
+		name    string
+		files   [][]format.Chunk
+		dataEnd int64
+		want    string
 	}{
-		{"member lengths disagree", []format.Chunk{{Offset: 0, End: 10, Size: 5}, {Offset: 0, End: 20, FileOffset: 5, Size: 5}}, "disagree"},
-		{"a gap in the file", []format.Chunk{{Offset: 0, End: 10, Size: 5}, {Offset: 10, End: 20, FileOffset: 6, Size: 5}}, "file offset"},
-		{"chunk too large", []format.Chunk{{Offset: 0, End: 10, Size: 1 << 33}}, "too large"},
+		{"end offsets disagree", [][]format.Chunk{{{Offset: 0, Size: 5, EndOffset: 10}}, {{Offset: 0, Size: 5, EndOffset: 20}}}, 1000, "disagree"},
+		{"an end offset and none", [][]format.Chunk{{{Offset: 0, Size: 5}}, {{Offset: 0, Size: 5, EndOffset: 20}}}, 1000, "disagree"},
+		{"a gap in the file", [][]format.Chunk{{{Offset: 0, Size: 5}, {Offset: 10, FileOffset: 6, Size: 5}}}, 1000, "file offset"},
+		{"chunk too large", [][]format.Chunk{{{Offset: 0, Size: 1 << 33}}}, 1000, "too large"},
+		{"empty chunk", [][]format.Chunk{{{Offset: 0, Size: 0}}}, 1000, "too large"},
+		{"member too large", [][]format.Chunk{{{Offset: 0, Size: 5}}}, 1 << 33, "cannot be served"},
+		{"member beyond the data", [][]format.Chunk{{{Offset: 2000, Size: 5}}}, 1000, "cannot be served"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var b TableBuilder
-			if _, err := b.AddFile(tt.cs); err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("AddFile: %v, want an error with %q", err, tt.want)
+			var err error
+			for _, cs := range tt.files {
+				if _, err = b.AddFile(cs); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				_, err = b.Table(tt.dataEnd)
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error with %q", err, tt.want)
 			}
 		})
 	}

@@ -118,19 +118,40 @@ const zstdMaxWindow = 64 << 20
 // and groupName when they repeat an earlier entry's for the same uid or
 // gid; DecodeTOC carries them forward. Names are not cleaned yet: call
 // Validate before using the TOC.
+//
+// DecodeTOC holds every entry at once; ReadTOC hands them to a Handler
+// one at a time instead, which a reader of large TOCs should prefer.
 func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, error) {
+	toc := &TOC{}
+	version, d, err := scanTOC(f, compressed, lim, func(e *Entry) error {
+		toc.Entries = append(toc.Entries, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	toc.Version = version
+	return toc, d, nil
+}
+
+// scanTOC decodes the TOC in compressed (see DecodeTOC) and calls fn with
+// each entry in turn, checked against lim and with user and group names
+// carried forward. The entry is reused: it is valid only during the call.
+// An error from fn ends the scan and is returned as it is. scanTOC returns
+// the TOC's version and the digest of its JSON.
+func scanTOC(f Footer, compressed []byte, lim Limits, fn func(*Entry) error) (int, digest.Digest, error) {
 	lim = lim.withDefaults()
 	if f.TOCLength > 0 && int64(len(compressed)) > f.TOCLength {
 		compressed = compressed[:f.TOCLength]
 	}
 	if int64(len(compressed)) > lim.MaxTOCCompressed {
-		return nil, "", fmt.Errorf("%w: compressed TOC of %d bytes exceeds %d", ErrTooLarge, len(compressed), lim.MaxTOCCompressed)
+		return 0, "", fmt.Errorf("%w: compressed TOC of %d bytes exceeds %d", ErrTooLarge, len(compressed), lim.MaxTOCCompressed)
 	}
 	if err := lim.CheckFooter(f); err != nil {
-		return nil, "", err
+		return 0, "", err
 	}
 	if f.TOCLength > 0 && int64(len(compressed)) < f.TOCLength {
-		return nil, "", fmt.Errorf("%w: TOC: got %d bytes, footer says %d", ErrFormat, len(compressed), f.TOCLength)
+		return 0, "", fmt.Errorf("%w: TOC: got %d bytes, footer says %d", ErrFormat, len(compressed), f.TOCLength)
 	}
 	var (
 		r    io.Reader
@@ -140,7 +161,7 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 	case KindGzip, KindLegacyGzip:
 		zr, err := gzip.NewReader(bytes.NewReader(compressed))
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: TOC gzip header: %v", ErrFormat, err)
+			return 0, "", fmt.Errorf("%w: TOC gzip header: %v", ErrFormat, err)
 		}
 		defer zr.Close()
 		zr.Multistream(false)
@@ -149,20 +170,20 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 		tr := tar.NewReader(io.LimitReader(zr, lim.MaxTOCJSON+1<<20))
 		h, err := tr.Next()
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: TOC tar header: %v", ErrFormat, err)
+			return 0, "", fmt.Errorf("%w: TOC tar header: %v", ErrFormat, err)
 		}
 		if h.Name != TOCTarName {
-			return nil, "", fmt.Errorf("%w: TOC tar entry %q, want %q", ErrFormat, h.Name, TOCTarName)
+			return 0, "", fmt.Errorf("%w: TOC tar entry %q, want %q", ErrFormat, h.Name, TOCTarName)
 		}
 		if h.Size > lim.MaxTOCJSON {
-			return nil, "", fmt.Errorf("%w: TOC JSON of %d bytes exceeds %d", ErrTooLarge, h.Size, lim.MaxTOCJSON)
+			return 0, "", fmt.Errorf("%w: TOC JSON of %d bytes exceeds %d", ErrTooLarge, h.Size, lim.MaxTOCJSON)
 		}
 		r, size = tr, h.Size
 	case KindZstdChunked, KindZstdChunkedPodman:
 		zr, err := zstd.NewReader(bytes.NewReader(compressed),
 			zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: TOC zstd: %v", ErrFormat, err)
+			return 0, "", fmt.Errorf("%w: TOC zstd: %v", ErrFormat, err)
 		}
 		defer zr.Close()
 		r = zr
@@ -170,9 +191,9 @@ func DecodeTOC(f Footer, compressed []byte, lim Limits) (*TOC, digest.Digest, er
 			size = f.TOCUncompressedLength
 		}
 	default:
-		return nil, "", fmt.Errorf("%w: unknown layer kind %v", ErrFormat, f.Kind)
+		return 0, "", fmt.Errorf("%w: unknown layer kind %v", ErrFormat, f.Kind)
 	}
-	return decodeTOCJSON(r, size, lim)
+	return decodeTOCJSON(r, size, lim, fn)
 }
 
 // countingReader hashes and counts what passes through it, and fails once
@@ -195,9 +216,15 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// handlerError carries an error of scanTOC's fn through the decoder
+// untouched.
+type handlerError struct{ err error }
+
+func (e *handlerError) Error() string { return e.err.Error() }
+
 // decodeTOCJSON decodes TOC JSON of size bytes (-1: unknown, up to EOF)
 // from r, entry by entry, and digests it whole.
-func decodeTOCJSON(r io.Reader, size int64, lim Limits) (*TOC, digest.Digest, error) {
+func decodeTOCJSON(r io.Reader, size int64, lim Limits, fn func(*Entry) error) (int, digest.Digest, error) {
 	cr := &countingReader{r: r, h: sha256.New(), max: lim.MaxTOCJSON,
 		errMax: fmt.Errorf("%w: TOC JSON exceeds %d bytes", ErrTooLarge, lim.MaxTOCJSON)}
 	if size >= 0 {
@@ -205,87 +232,94 @@ func decodeTOCJSON(r io.Reader, size int64, lim Limits) (*TOC, digest.Digest, er
 	}
 	// decodeTOCObject reads up to EOF (only whitespace may follow the
 	// object), so cr has digested the whole JSON when it returns.
-	toc, err := decodeTOCObject(json.NewDecoder(cr), lim)
+	version, err := decodeTOCObject(json.NewDecoder(cr), lim, fn)
 	if err != nil {
-		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrFormat) {
-			return nil, "", err
+		var he *handlerError
+		if errors.As(err, &he) {
+			return 0, "", he.err
 		}
-		return nil, "", fmt.Errorf("%w: TOC: %v", ErrFormat, err)
+		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrFormat) {
+			return 0, "", err
+		}
+		return 0, "", fmt.Errorf("%w: TOC: %v", ErrFormat, err)
 	}
 	if size >= 0 && cr.n != size {
-		return nil, "", fmt.Errorf("%w: TOC JSON of %d bytes, expected %d", ErrFormat, cr.n, size)
+		return 0, "", fmt.Errorf("%w: TOC JSON of %d bytes, expected %d", ErrFormat, cr.n, size)
 	}
-	return toc, digest.NewDigestFromBytes(digest.SHA256, cr.h.Sum(nil)), nil
+	return version, digest.NewDigestFromBytes(digest.SHA256, cr.h.Sum(nil)), nil
 }
 
 // decodeTOCObject reads {"version":N,"entries":[...]} token by token,
-// decoding one entry at a time. Unknown keys are skipped.
-func decodeTOCObject(dec *json.Decoder, lim Limits) (*TOC, error) {
+// decoding one entry at a time into the same Entry and handing it to fn.
+// Unknown keys are skipped.
+func decodeTOCObject(dec *json.Decoder, lim Limits, fn func(*Entry) error) (version int, err error) {
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, err
+		return 0, err
 	}
-	toc := &TOC{}
 	seenEntries := false
 	st := carryState{uname: map[int]string{}, gname: map[int]string{}}
+	var e Entry
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		key, _ := t.(string)
 		switch key {
 		case "version":
-			if err := dec.Decode(&toc.Version); err != nil {
-				return nil, err
+			if err := dec.Decode(&version); err != nil {
+				return 0, err
 			}
 		case "entries":
 			if seenEntries {
-				return nil, fmt.Errorf("%w: TOC: entries given twice", ErrFormat)
+				return 0, fmt.Errorf("%w: TOC: entries given twice", ErrFormat)
 			}
 			seenEntries = true
 			t, err := dec.Token()
 			if err != nil {
-				return nil, err
+				return 0, err
 			}
 			if t == nil {
 				continue // "entries": null
 			}
 			if d, ok := t.(json.Delim); !ok || d != '[' {
-				return nil, fmt.Errorf("%w: TOC: entries is not an array", ErrFormat)
+				return 0, fmt.Errorf("%w: TOC: entries is not an array", ErrFormat)
 			}
-			for dec.More() {
-				if len(toc.Entries) >= lim.MaxEntries {
-					return nil, fmt.Errorf("%w: TOC has more than %d entries", ErrTooLarge, lim.MaxEntries)
+			for n := 0; dec.More(); n++ {
+				if n >= lim.MaxEntries {
+					return 0, fmt.Errorf("%w: TOC has more than %d entries", ErrTooLarge, lim.MaxEntries)
 				}
-				toc.Entries = append(toc.Entries, Entry{})
-				e := &toc.Entries[len(toc.Entries)-1]
-				if err := dec.Decode(e); err != nil {
-					return nil, fmt.Errorf("entry %d: %w", len(toc.Entries)-1, err)
+				e = Entry{}
+				if err := dec.Decode(&e); err != nil {
+					return 0, fmt.Errorf("entry %d: %w", n, err)
 				}
-				if err := checkEntryBounds(e, lim); err != nil {
-					return nil, fmt.Errorf("entry %d: %w", len(toc.Entries)-1, err)
+				if err := checkEntryBounds(&e, lim); err != nil {
+					return 0, fmt.Errorf("entry %d: %w", n, err)
 				}
-				st.carry(e)
+				st.carry(&e)
+				if err := fn(&e); err != nil {
+					return 0, &handlerError{err}
+				}
 			}
 			if err := expectDelim(dec, ']'); err != nil {
-				return nil, err
+				return 0, err
 			}
 		default:
 			if err := skipValue(dec); err != nil {
-				return nil, err
+				return 0, err
 			}
 		}
 	}
 	if err := expectDelim(dec, '}'); err != nil {
-		return nil, err
+		return 0, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		if err == nil {
-			return nil, fmt.Errorf("%w: TOC: data after the JSON object", ErrFormat)
+			return 0, fmt.Errorf("%w: TOC: data after the JSON object", ErrFormat)
 		}
-		return nil, err
+		return 0, err
 	}
-	return toc, nil
+	return version, nil
 }
 
 // carryState carries user and group names forward per uid and gid, as

@@ -26,6 +26,11 @@ type Chunk struct {
 	// Digest is the digest of the chunk's bytes, or "" when the TOC has
 	// none for it (legacy stargz): such a chunk cannot be verified alone.
 	Digest digest.Digest
+	// EndOffset is, on the last chunk of a file, the file's endOffset
+	// (written only by the containers/storage zstd:chunked variant), and
+	// 0 elsewhere. When it lies between Offset and the next member, it is
+	// the chunk's End.
+	EndOffset int64
 }
 
 // Layout is what a reader needs beyond the TOC entries: the chunks of
@@ -67,57 +72,96 @@ func (l *Layout) FileChunks(entry int) []Chunk {
 // same file, start at offset 0, be contiguous with positive sizes (the
 // last may be 0, "to the end of the file") and add up to the file's size.
 // Duplicate names are allowed: the last entry wins, as in tar.
+//
+// ReadTOC makes the same checks on each entry as it decodes it.
 func Validate(toc *TOC, f Footer, lim Limits) (*Layout, error) {
-	lim = lim.withDefaults()
-	dataEnd := f.DataEnd()
+	c := newChecker(f, lim)
 	l := &Layout{Kind: f.Kind}
-	// file is the reg entry whose chunk list is open, -1 if none.
-	file, next := -1, int64(0) // next: file offset the next chunk must start at
-	closeFile := func() error {
-		if file >= 0 && next != toc.Entries[file].Size {
-			return fmt.Errorf("%w: entry %d (%q): chunks cover %d of %d bytes", ErrFormat, file, toc.Entries[file].Name, next, toc.Entries[file].Size)
-		}
-		file = -1
-		return nil
-	}
 	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if err := checkEntryBounds(e, lim); err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, err)
-		}
-		if e.Type == TypeChunk {
-			if file < 0 {
-				return nil, fmt.Errorf("%w: entry %d: chunk of %q follows no regular file", ErrFormat, i, e.Name)
-			}
-			if e.Name != "" && e.Name != toc.Entries[file].Name {
-				if c, err := CleanName(e.Name); err != nil || c != toc.Entries[file].Name {
-					return nil, fmt.Errorf("%w: entry %d: chunk of %q follows file %q", ErrFormat, i, e.Name, toc.Entries[file].Name)
-				}
-			}
-			e.Name = toc.Entries[file].Name
-			if err := addChunk(l, toc, file, i, &next, dataEnd); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if err := closeFile(); err != nil {
+		ch, ok, err := c.check(&toc.Entries[i])
+		if err != nil {
 			return nil, err
 		}
-		if err := checkEntry(e); err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, err)
-		}
-		if e.Type == TypeReg && e.Size > 0 {
-			file, next = i, 0
-			if err := addChunk(l, toc, file, i, &next, dataEnd); err != nil {
-				return nil, err
-			}
+		if ok {
+			l.Chunks = append(l.Chunks, ch)
 		}
 	}
-	if err := closeFile(); err != nil {
+	if err := c.finish(); err != nil {
 		return nil, err
 	}
-	setEnds(l, toc, dataEnd)
+	l.Undigested = c.undigested
+	setEnds(l, f.DataEnd())
 	return l, nil
+}
+
+// checker checks a TOC's entries one at a time, in order, as Validate
+// describes. Between entries it holds no more than the regular file
+// whose chunk list is open.
+type checker struct {
+	lim     Limits
+	dataEnd int64
+	i       int // index of the next entry
+	// The regular file whose chunk list is open (file < 0: none), and the
+	// file offset its next chunk must start at.
+	file       int
+	fileName   string
+	fileSize   int64
+	fileDigest string
+	fileEnd    int64 // its endOffset
+	next       int64
+	// undigested counts the chunks without a digest so far.
+	undigested int
+}
+
+func newChecker(f Footer, lim Limits) *checker {
+	return &checker{lim: lim.withDefaults(), dataEnd: f.DataEnd(), file: -1}
+}
+
+// check checks and cleans the next entry. When the entry adds a chunk to
+// a regular file (a non-empty reg entry, or a chunk entry) it returns the
+// chunk, whose End is 0: a chunk's end is the next member's offset, known
+// only once every entry has been seen (see setEnds).
+func (c *checker) check(e *Entry) (Chunk, bool, error) {
+	i := c.i
+	c.i++
+	if err := checkEntryBounds(e, c.lim); err != nil {
+		return Chunk{}, false, fmt.Errorf("entry %d: %w", i, err)
+	}
+	if e.Type == TypeChunk {
+		if c.file < 0 {
+			return Chunk{}, false, fmt.Errorf("%w: entry %d: chunk of %q follows no regular file", ErrFormat, i, e.Name)
+		}
+		if e.Name != "" && e.Name != c.fileName {
+			if n, err := CleanName(e.Name); err != nil || n != c.fileName {
+				return Chunk{}, false, fmt.Errorf("%w: entry %d: chunk of %q follows file %q", ErrFormat, i, e.Name, c.fileName)
+			}
+		}
+		e.Name = c.fileName
+		ch, err := c.chunk(i, e)
+		return ch, err == nil, err
+	}
+	if err := c.finish(); err != nil {
+		return Chunk{}, false, err
+	}
+	if err := checkEntry(e); err != nil {
+		return Chunk{}, false, fmt.Errorf("entry %d: %w", i, err)
+	}
+	if e.Type != TypeReg || e.Size == 0 {
+		return Chunk{}, false, nil
+	}
+	c.file, c.fileName, c.fileSize, c.fileDigest, c.fileEnd, c.next = i, e.Name, e.Size, e.Digest, e.EndOffset, 0
+	ch, err := c.chunk(i, e)
+	return ch, err == nil, err
+}
+
+// finish closes the open chunk list, if any: its chunks must cover the
+// whole file. Call it after the last entry.
+func (c *checker) finish() error {
+	if c.file >= 0 && c.next != c.fileSize {
+		return fmt.Errorf("%w: entry %d (%q): chunks cover %d of %d bytes", ErrFormat, c.file, c.fileName, c.next, c.fileSize)
+	}
+	c.file = -1
+	return nil
 }
 
 // checkEntry checks and cleans one entry other than a chunk.
@@ -183,61 +227,63 @@ func checkDigest(s string) error {
 	return nil
 }
 
-// addChunk appends the chunk that entry ci (the reg entry itself, or a
-// chunk entry) describes for file fi, whose bytes before *next are covered.
-func addChunk(l *Layout, toc *TOC, fi, ci int, next *int64, dataEnd int64) error {
-	file, e := &toc.Entries[fi], &toc.Entries[ci]
-	remain := file.Size - *next
+// chunk returns the chunk that entry ci (the open file's reg entry, or a
+// chunk entry) describes, whose bytes before c.next are covered.
+func (c *checker) chunk(ci int, e *Entry) (Chunk, error) {
+	remain := c.fileSize - c.next
 	if remain <= 0 {
-		return fmt.Errorf("%w: entry %d: chunk beyond the end of %q (%d bytes)", ErrFormat, ci, file.Name, file.Size)
+		return Chunk{}, fmt.Errorf("%w: entry %d: chunk beyond the end of %q (%d bytes)", ErrFormat, ci, c.fileName, c.fileSize)
 	}
-	if e.ChunkOffset != *next {
-		return fmt.Errorf("%w: entry %d: chunk of %q at %d, want %d (gap or overlap)", ErrFormat, ci, file.Name, e.ChunkOffset, *next)
+	if e.ChunkOffset != c.next {
+		return Chunk{}, fmt.Errorf("%w: entry %d: chunk of %q at %d, want %d (gap or overlap)", ErrFormat, ci, c.fileName, e.ChunkOffset, c.next)
 	}
 	size := e.ChunkSize
 	switch {
 	case size == 0:
 		size = remain
 	case size < 0 || size > remain:
-		return fmt.Errorf("%w: entry %d: chunk of %q of %d bytes at %d overruns %d", ErrFormat, ci, file.Name, size, e.ChunkOffset, file.Size)
+		return Chunk{}, fmt.Errorf("%w: entry %d: chunk of %q of %d bytes at %d overruns %d", ErrFormat, ci, c.fileName, size, e.ChunkOffset, c.fileSize)
 	}
-	if e.Offset < 0 || e.Offset >= dataEnd {
-		return fmt.Errorf("%w: entry %d: %q at offset %d outside the file members [0, %d)", ErrFormat, ci, file.Name, e.Offset, dataEnd)
+	if e.Offset < 0 || e.Offset >= c.dataEnd {
+		return Chunk{}, fmt.Errorf("%w: entry %d: %q at offset %d outside the file members [0, %d)", ErrFormat, ci, c.fileName, e.Offset, c.dataEnd)
 	}
 	if e.InnerOffset < 0 {
-		return fmt.Errorf("%w: entry %d: %q: negative innerOffset %d", ErrFormat, ci, file.Name, e.InnerOffset)
+		return Chunk{}, fmt.Errorf("%w: entry %d: %q: negative innerOffset %d", ErrFormat, ci, c.fileName, e.InnerOffset)
 	}
 	var d digest.Digest
 	switch {
 	case e.ChunkDigest != "":
 		d = digest.Digest(e.ChunkDigest)
-	case size == file.Size && file.Digest != "":
-		d = digest.Digest(file.Digest) // the only chunk: the file's digest
+	case size == c.fileSize && c.fileDigest != "":
+		d = digest.Digest(c.fileDigest) // the only chunk: the file's digest
 	default:
-		l.Undigested++
+		c.undigested++
 	}
 	if d != "" {
 		if err := checkDigest(string(d)); err != nil {
-			return fmt.Errorf("entry %d: %q: %w", ci, file.Name, err)
+			return Chunk{}, fmt.Errorf("entry %d: %q: %w", ci, c.fileName, err)
 		}
 	}
-	l.Chunks = append(l.Chunks, Chunk{
-		Entry:       fi,
+	ch := Chunk{
+		Entry:       c.file,
 		Offset:      e.Offset,
 		InnerOffset: e.InnerOffset,
 		FileOffset:  e.ChunkOffset,
 		Size:        size,
 		Digest:      d,
-	})
-	*next += size
-	return nil
+	}
+	c.next += size
+	if c.next == c.fileSize {
+		ch.EndOffset = c.fileEnd
+	}
+	return ch, nil
 }
 
 // setEnds sets each chunk's End: the least member offset that a chunk
 // starts at beyond its own Offset, or dataEnd. For the last chunk of a
 // file with an endOffset (containers/storage zstd:chunked), that bound
 // is used when it is tighter.
-func setEnds(l *Layout, toc *TOC, dataEnd int64) {
+func setEnds(l *Layout, dataEnd int64) {
 	offs := make([]int64, 0, len(l.Chunks))
 	for _, c := range l.Chunks {
 		offs = append(offs, c.Offset)
@@ -254,8 +300,7 @@ func setEnds(l *Layout, toc *TOC, dataEnd int64) {
 		if j < len(offs) {
 			c.End = offs[j]
 		}
-		last := i+1 == len(l.Chunks) || l.Chunks[i+1].Entry != c.Entry
-		if eo := toc.Entries[c.Entry].EndOffset; last && eo > c.Offset && eo < c.End {
+		if eo := c.EndOffset; eo > c.Offset && eo < c.End {
 			c.End = eo
 		}
 	}

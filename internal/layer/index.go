@@ -267,8 +267,32 @@ func (x *Index) IsWhiteout(id NodeID) bool {
 // Neutralized returns how many entries were dropped as unsafe.
 func (x *Index) Neutralized() int { return x.neutralized }
 
-// buildIndex turns a validated TOC into an Index.
-func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
+// indexBuilder builds an Index from a TOC's entries as format.ReadTOC
+// hands them over (it is a format.Handler), keeping only what the index
+// needs: no entry outlives its call. What needs lookahead is kept as
+// indexes: the path map (for duplicates, where the last entry wins, hard
+// links and implied parents) maps names to nodes, and a chunk's
+// compressed end is worked out by the chunk table once every member's
+// offset is known.
+type indexBuilder struct {
+	x       *Index
+	nodes   []wideNode // become x.nodes and x.attrs
+	chunks  fetch.TableBuilder
+	paths   map[string]uint32 // cleaned path → node; the last entry wins
+	strIDs  map[string]uint32 // interned strings (link targets) → offset
+	nameIDs map[string]uint32 // interned names → offset of their length
+	xIDs    map[string]uint32 // xattr set key → 1 + index
+	// file is the regular file whose chunks come next (0: none, or one
+	// whose chunks are not kept); landmark tells that it is the prefetch
+	// landmark, whose first chunk marks the end of the prefetch region.
+	file     uint32
+	fileName string
+	landmark bool
+}
+
+var _ format.Handler = (*indexBuilder)(nil)
+
+func newIndexBuilder() *indexBuilder {
 	b := &indexBuilder{
 		x:       &Index{prefetchEnd: -1},
 		paths:   map[string]uint32{"": 0},
@@ -277,11 +301,12 @@ func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 		xIDs:    map[string]uint32{},
 	}
 	b.nodes = append(b.nodes, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
-	for i := range toc.Entries {
-		if err := b.add(i, &toc.Entries[i], lay); err != nil {
-			return nil, err
-		}
-	}
+	return b
+}
+
+// finish links the nodes into directories and returns the index. dataEnd
+// is where the layer's file members end. The builder is spent.
+func (b *indexBuilder) finish(dataEnd int64) (*Index, error) {
 	b.link()
 	b.pack()
 	// The tables grew by doubling: keep exactly what they hold, since they
@@ -292,9 +317,10 @@ func buildIndex(toc *format.TOC, lay *format.Layout) (*Index, error) {
 	x.dirents = exact(x.dirents)
 	x.xattrs = exact(x.xattrs)
 	var err error
-	if x.chunks, err = b.chunks.Table(); err != nil {
+	if x.chunks, err = b.chunks.Table(dataEnd); err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
 	}
+	b.paths, b.strIDs, b.nameIDs, b.xIDs = nil, nil, nil, nil
 	return x, nil
 }
 
@@ -306,16 +332,6 @@ func exact[T any](s []T) []T {
 	out := make([]T, len(s))
 	copy(out, s)
 	return out
-}
-
-type indexBuilder struct {
-	x       *Index
-	nodes   []wideNode // become x.nodes and x.attrs
-	chunks  fetch.TableBuilder
-	paths   map[string]uint32 // cleaned path → node; the last entry wins
-	strIDs  map[string]uint32 // interned strings (link targets) → offset
-	nameIDs map[string]uint32 // interned names → offset of their length
-	xIDs    map[string]uint32 // xattr set key → 1 + index
 }
 
 func (b *indexBuilder) intern(s string) uint32 {
@@ -340,16 +356,13 @@ func (b *indexBuilder) internName(s string) uint32 {
 	return off
 }
 
-func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
-	if e.Type == format.TypeChunk {
-		return nil
-	}
+// Entry adds a checked entry (format.Handler).
+func (b *indexBuilder) Entry(e *format.Entry) error {
+	b.file, b.landmark = 0, false
 	name := e.Name
 	switch name {
 	case format.PrefetchLandmark:
-		if cs := lay.FileChunks(i); len(cs) > 0 {
-			b.x.prefetchEnd = cs[0].Offset
-		}
+		b.landmark = true
 		return nil
 	case format.NoPrefetchLandmark:
 		b.x.prefetchEnd = 0
@@ -392,9 +405,8 @@ func (b *indexBuilder) add(i int, e *format.Entry, lay *format.Layout) error {
 	case format.TypeReg:
 		n.mode |= syscall.S_IFREG
 		n.size = e.Size
-		if err := b.addChunks(id, lay.FileChunks(i)); err != nil {
-			return fmt.Errorf("layer: %q: %w", name, err)
-		}
+		n.first = uint32(b.chunks.StartFile())
+		b.file, b.fileName = id, name
 	case format.TypeSymlink:
 		n.mode |= syscall.S_IFLNK
 		n.first = b.intern(e.LinkName)
@@ -471,14 +483,21 @@ func (b *indexBuilder) xattrSet(xs map[string][]byte) uint32 {
 
 const maxU32 = 1<<32 - 1
 
-func (b *indexBuilder) addChunks(id uint32, cs []format.Chunk) error {
-	first, err := b.chunks.AddFile(cs)
-	if err != nil {
-		return err
+// Chunk adds the next chunk of the file last given to Entry
+// (format.Handler).
+func (b *indexBuilder) Chunk(c format.Chunk) error {
+	if b.landmark {
+		b.x.prefetchEnd, b.landmark = c.Offset, false
 	}
-	n := &b.nodes[id]
-	n.first = uint32(first)
-	n.count = uint32(len(cs))
+	if b.file == 0 {
+		// The member still bounds the one before it.
+		b.chunks.AddOther(c.Offset)
+		return nil
+	}
+	if err := b.chunks.AddChunk(c); err != nil {
+		return fmt.Errorf("layer: %q: %w", b.fileName, err)
+	}
+	b.nodes[b.file].count++
 	return nil
 }
 

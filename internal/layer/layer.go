@@ -97,17 +97,9 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
 	}
-	f, toc, jsonDigest := t.footer, t.toc, t.jsonDigest
-	lay, err := format.Validate(toc, f, cfg.limits)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
-	}
-	if lay.Undigested > 0 && !cfg.allowUnverified {
-		return nil, fmt.Errorf("layer %s: %w (%d chunks)", d.Digest, ErrUnverifiable, lay.Undigested)
-	}
-	x, err := buildIndex(toc, lay)
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
+	f, x := t.footer, t.index
+	if t.undigested > 0 && !cfg.allowUnverified {
+		return nil, fmt.Errorf("layer %s: %w (%d chunks)", d.Digest, ErrUnverifiable, t.undigested)
 	}
 	var fopts []fetch.LayerOption
 	if cfg.allowUnverified {
@@ -115,7 +107,7 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 	}
 	fl := s.Layer(src, f.Kind, x.chunks, fopts...)
 	return &Layer{
-		Desc: d, Kind: f.Kind, Index: x, TOCDigest: jsonDigest,
+		Desc: d, Kind: f.Kind, Index: x, TOCDigest: t.jsonDigest,
 		TOCBytes: t.fetched, DataEnd: f.DataEnd(), fetch: fl,
 	}, nil
 }
@@ -124,11 +116,12 @@ func Open(ctx context.Context, s *fetch.Scheduler, src fetch.Source, d Desc, opt
 // parse or verify.
 const tocAttempts = 6
 
-// tocRead is a footer and TOC as read, decoded and checked.
+// tocRead is a footer and TOC as read, decoded, checked and indexed.
 type tocRead struct {
 	footer     format.Footer
-	toc        *format.TOC
+	index      *Index
 	jsonDigest digest.Digest
+	undigested int // chunks without a digest
 	fetched    int64
 }
 
@@ -164,15 +157,22 @@ func readTOC(ctx context.Context, src fetch.Source, d Desc, cfg *config) (*tocRe
 	if err != nil {
 		return nil, &sourceError{fmt.Errorf("reading TOC: %w", err)}
 	}
-	toc, jsonDigest, err := format.DecodeTOC(f, bufs[0], cfg.limits)
+	// The index is built as the TOC is decoded, entry by entry, and
+	// dropped if the TOC's digest turns out not to match.
+	b := newIndexBuilder()
+	info, err := format.ReadTOC(f, bufs[0], cfg.limits, b)
 	if err != nil {
 		return nil, err
 	}
-	if err := format.VerifyTOC(d.Annotations, bufs[0], jsonDigest); err != nil &&
+	if err := format.VerifyTOC(d.Annotations, bufs[0], info.Digest); err != nil &&
 		!(errors.Is(err, format.ErrNoTOCDigest) && cfg.allowNoTOCDigest) {
 		return nil, err
 	}
-	return &tocRead{footer: f, toc: toc, jsonDigest: jsonDigest, fetched: tailLen + tocLen}, nil
+	x, err := b.finish(f.DataEnd())
+	if err != nil {
+		return nil, err
+	}
+	return &tocRead{footer: f, index: x, jsonDigest: info.Digest, undigested: info.Undigested, fetched: tailLen + tocLen}, nil
 }
 
 // ReadAt reads a regular file's bytes at off. It returns io.EOF with fewer
