@@ -82,7 +82,7 @@ func TestDecodeTOCRejects(t *testing.T) {
 		{name: "size overflow", json: `{"entries":[{"name":"a","size":1e30}]}`, err: ErrFormat},
 		{name: "truncated", json: `{"entries":[{"name":"a"}`, err: ErrFormat},
 		{name: "trailing data", json: `{"entries":[]} {}`, err: ErrFormat},
-		{name: "too many entries", json: entries(101, `{}`), lim: small, err: ErrTooLarge},
+		{name: "too many entries", json: entries(101, `{"name":"d","type":"dir"}`), lim: small, err: ErrTooLarge},
 		{name: "long name", json: entries(1, `{"name":"`+strings.Repeat("a", 65)+`"}`), lim: small, err: ErrTooLarge},
 		{name: "long link", json: entries(1, `{"name":"a","linkName":"`+strings.Repeat("a", 65)+`"}`), lim: small, err: ErrTooLarge},
 		{name: "big xattrs", json: entries(1, `{"name":"a","xattrs":{"user.a":"`+strings.Repeat("A", 100)+`"}}`), lim: small, err: ErrTooLarge},
@@ -100,6 +100,9 @@ func TestDecodeTOCRejects(t *testing.T) {
 				toc, _, err := DecodeTOC(f, c, tt.lim)
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("got %v (%v), want %v", err, toc, tt.err)
+				}
+				if _, err := ReadTOC(f, c, tt.lim, &rdRecorder{file: -1}); !errors.Is(err, tt.err) {
+					t.Fatalf("ReadTOC: got %v, want %v", err, tt.err)
 				}
 			})
 		}
@@ -231,7 +234,9 @@ func rdFuzzSeeds(t testing.TB) [][]byte {
 
 // FuzzDecodeTOC runs the whole read path on a blob: footer, TOC, validation
 // and every chunk. Errors must wrap the package's sentinels; what passes
-// validation must be clean and inside the blob.
+// validation must be clean and inside the blob. The streaming decoder
+// (ReadTOC) must hand over exactly what DecodeTOC and Validate return, or
+// fail where they fail.
 func FuzzDecodeTOC(f *testing.F) {
 	for _, b := range rdFuzzSeeds(f) {
 		f.Add(b)
@@ -243,6 +248,7 @@ func FuzzDecodeTOC(f *testing.F) {
 		if err != nil {
 			return
 		}
+		rdSameAsValidate(t, ft, blob[ft.TOCOffset:ft.TOCOffset+ft.TOCLength], rdFuzzLimits)
 		toc, _, err := DecodeTOC(ft, blob[ft.TOCOffset:ft.TOCOffset+ft.TOCLength], rdFuzzLimits)
 		if err != nil {
 			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrTooLarge) {

@@ -42,7 +42,11 @@ func TestValidateNames(t *testing.T) {
 	} {
 		t.Run(tt.name+"/"+tt.typ, func(t *testing.T) {
 			toc := &TOC{Entries: []Entry{{Name: tt.name, Type: tt.typ, LinkName: tt.link}}}
+			r, _, rerr := rdReadTOC(t, KindGzip, toc.Entries, 100, Limits{})
 			_, err := Validate(toc, Footer{Kind: KindGzip, TOCOffset: 100}, Limits{})
+			if !errors.Is(rerr, tt.err) || tt.err == nil && rerr != nil {
+				t.Fatalf("ReadTOC: got %v, want %v", rerr, tt.err)
+			}
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("got %v, want %v", err, tt.err)
@@ -54,6 +58,9 @@ func TestValidateNames(t *testing.T) {
 			}
 			if e := toc.Entries[0]; e.Name != tt.want || e.LinkName != tt.wantLink {
 				t.Fatalf("cleaned to %q -> %q, want %q -> %q", e.Name, e.LinkName, tt.want, tt.wantLink)
+			}
+			if e := r.entries[0]; e.Name != tt.want || e.LinkName != tt.wantLink {
+				t.Fatalf("ReadTOC cleaned to %q -> %q, want %q -> %q", e.Name, e.LinkName, tt.want, tt.wantLink)
 			}
 		})
 	}
@@ -105,6 +112,10 @@ func TestValidateEntries(t *testing.T) {
 		{name: "bad xattr name", entries: []Entry{{Name: "a", Type: TypeDir, Xattrs: map[string][]byte{"": nil}}}, err: ErrFormat},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			_, _, rerr := rdReadTOC(t, KindGzip, tt.entries, 100, Limits{})
+			if tt.err == nil && rerr != nil || !errors.Is(rerr, tt.err) {
+				t.Fatalf("ReadTOC: got %v, want %v", rerr, tt.err)
+			}
 			_, err := Validate(&TOC{Entries: tt.entries}, Footer{Kind: KindGzip, TOCOffset: 100}, Limits{})
 			if tt.err == nil && err != nil || !errors.Is(err, tt.err) {
 				t.Fatalf("got %v, want %v", err, tt.err)
