@@ -132,6 +132,33 @@ func handEntries() []format.Entry {
 	}
 }
 
+// replacedEntries is a TOC whose directories are replaced by other kinds
+// and back while paths below them come and go.
+func replacedEntries() []format.Entry {
+	reg := func(name string, off int64) format.Entry {
+		return format.Entry{Name: name, Type: format.TypeReg, Size: 1, Offset: off, Digest: zeroDigest}
+	}
+	return []format.Entry{
+		{Name: "a", Type: format.TypeDir, Mode: 0o701},
+		reg("a/x", 100),
+		{Name: "a/b", Type: format.TypeDir, Mode: 0o702},
+		reg("a/b/y", 200),
+		reg("a", 300), // a directory replaced by a file
+		reg("a/b/z", 400),
+		reg("a/w", 500),
+		{Name: "a", Type: format.TypeDir, Mode: 0o703},
+		{Name: "a/b", Type: format.TypeSymlink, LinkName: "elsewhere"},
+		reg("a/b/v", 600),
+		{Name: "h", Type: format.TypeHardlink, LinkName: "a/b/y"},
+		{Name: "h2", Type: format.TypeHardlink, LinkName: "a/x"},
+		{Name: "elsewhere", Type: format.TypeSymlink, LinkName: "elsewhere"},
+		{Name: "deep/er/est", Type: format.TypeDir},
+		{Name: "deep", Type: format.TypeFifo},
+		reg("deep/er/est/f", 700),
+		reg("deep/er/g", 800),
+	}
+}
+
 // TestIndexGolden compares the index of layers of every kind with dumps
 // in testdata/index (refreshed with -update): building the index must not
 // change what it holds.
@@ -157,6 +184,7 @@ func TestIndexGolden(t *testing.T) {
 		{"three-1", func(t *testing.T) built { return buildLayer(t, three[1]) }},
 		{"three-2", func(t *testing.T) built { return buildLayer(t, three[2], format.WithNoPrefetch()) }},
 		{"hand", func(t *testing.T) built { return handLayer(t, handEntries()) }},
+		{"hand-replaced", func(t *testing.T) built { return handLayer(t, replacedEntries()) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.b(t)

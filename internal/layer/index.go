@@ -200,11 +200,7 @@ func (x *Index) Child(dir NodeID, i int) (string, NodeID) {
 func (x *Index) name(d *dirent) string { return string(x.nameBytes(d.name)) }
 
 // nameBytes returns the name stored at off in the string table.
-func (x *Index) nameBytes(off uint32) []byte {
-	n, k := binary.Uvarint(x.strs[off:])
-	start := uint64(off) + uint64(k)
-	return x.strs[start : start+n]
-}
+func (x *Index) nameBytes(off uint32) []byte { return nameAt(x.strs, off) }
 
 // Lookup finds name in directory dir.
 func (x *Index) Lookup(dir NodeID, name string) (NodeID, bool) {
@@ -270,18 +266,17 @@ func (x *Index) Neutralized() int { return x.neutralized }
 // indexBuilder builds an Index from a TOC's entries as format.ReadTOC
 // hands them over (it is a format.Handler), keeping only what the index
 // needs: no entry outlives its call. What needs lookahead is kept as
-// indexes: the path map (for duplicates, where the last entry wins, hard
-// links and implied parents) maps names to nodes, and a chunk's
-// compressed end is worked out by the chunk table once every member's
-// offset is known.
+// indexes: the path table (for duplicates, where the last entry wins,
+// hard links and implied parents) maps paths, as IDs over interned
+// names, to nodes; a chunk's compressed end is worked out by the chunk
+// table once every member's offset is known.
 type indexBuilder struct {
-	x       *Index
-	nodes   []wideNode // become x.nodes and x.attrs
-	chunks  fetch.TableBuilder
-	paths   map[string]uint32 // cleaned path → node; the last entry wins
-	strIDs  map[string]uint32 // interned strings (link targets) → offset
-	nameIDs map[string]uint32 // interned names → offset of their length
-	xIDs    map[string]uint32 // xattr set key → 1 + index
+	x      *Index
+	nodes  []wideNode // become x.nodes and x.attrs
+	chunks fetch.TableBuilder
+	names  nameSet           // names and link targets in x.strs
+	paths  pathTable         // every path named or implied → node
+	xIDs   map[string]uint32 // xattr set key → 1 + index
 	// file is the regular file whose chunks come next (0: none, or one
 	// whose chunks are not kept); landmark tells that it is the prefetch
 	// landmark, whose first chunk marks the end of the prefetch region.
@@ -294,11 +289,10 @@ var _ format.Handler = (*indexBuilder)(nil)
 
 func newIndexBuilder() *indexBuilder {
 	b := &indexBuilder{
-		x:       &Index{prefetchEnd: -1},
-		paths:   map[string]uint32{"": 0},
-		strIDs:  map[string]uint32{},
-		nameIDs: map[string]uint32{},
-		xIDs:    map[string]uint32{},
+		x:     &Index{prefetchEnd: -1},
+		names: newNameSet(),
+		paths: newPathTable(),
+		xIDs:  map[string]uint32{},
 	}
 	b.nodes = append(b.nodes, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	return b
@@ -308,6 +302,7 @@ func newIndexBuilder() *indexBuilder {
 // is where the layer's file members end. The builder is spent.
 func (b *indexBuilder) finish(dataEnd int64) (*Index, error) {
 	b.link()
+	b.names, b.paths, b.xIDs = nameSet{}, pathTable{}, nil
 	b.pack()
 	// The tables grew by doubling: keep exactly what they hold, since they
 	// live as long as the layer is mounted.
@@ -320,7 +315,6 @@ func (b *indexBuilder) finish(dataEnd int64) (*Index, error) {
 	if x.chunks, err = b.chunks.Table(dataEnd); err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
 	}
-	b.paths, b.strIDs, b.nameIDs, b.xIDs = nil, nil, nil, nil
 	return x, nil
 }
 
@@ -334,26 +328,11 @@ func exact[T any](s []T) []T {
 	return out
 }
 
+// intern stores s once (see nameSet) and returns the offset of its bytes.
 func (b *indexBuilder) intern(s string) uint32 {
-	if off, ok := b.strIDs[s]; ok {
-		return off
-	}
-	off := uint32(len(b.x.strs))
-	b.x.strs = append(b.x.strs, s...)
-	b.strIDs[s] = off
-	return off
-}
-
-// internName stores a name, preceded by its length, once.
-func (b *indexBuilder) internName(s string) uint32 {
-	if off, ok := b.nameIDs[s]; ok {
-		return off
-	}
-	off := uint32(len(b.x.strs))
-	b.x.strs = binary.AppendUvarint(b.x.strs, uint64(len(s)))
-	b.x.strs = append(b.x.strs, s...)
-	b.nameIDs[s] = off
-	return off
+	off := b.names.intern(&b.x.strs, s)
+	_, k := binary.Uvarint(b.x.strs[off:])
+	return off + uint32(k)
 }
 
 // Entry adds a checked entry (format.Handler).
@@ -380,16 +359,16 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 	parent := b.dir(path.Dir(name))
 	if e.Type == format.TypeHardlink {
 		target, err := format.CleanName(e.LinkName)
-		id, ok := b.paths[target]
+		id, ok := b.lookup(target)
 		if err != nil || !ok || b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
 			b.x.neutralized++
 			return nil
 		}
-		b.paths[name] = id
+		b.setPath(name, id)
 		return nil
 	}
 	if e.Type == format.TypeDir {
-		if id, ok := b.paths[name]; ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if id, ok := b.lookup(name); ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
 			b.setAttrs(id, e)
 			b.nodes[id].flags &^= FlagImplied
 			return nil
@@ -423,7 +402,7 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 	default:
 		return fmt.Errorf("layer: %q: unknown type %q", name, e.Type)
 	}
-	b.paths[name] = id
+	b.setPath(name, id)
 	return nil
 }
 
@@ -433,13 +412,15 @@ func (b *indexBuilder) dir(p string) uint32 {
 	if p == "." || p == "" {
 		return 0
 	}
-	if id, ok := b.paths[p]; ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+	pid, ok := b.resolve(p, false)
+	if id := b.paths.node[pid]; ok && id != noNode && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		b.paths.lastDir, b.paths.lastID = p, pid
 		return id
 	}
 	parent := b.dir(path.Dir(p))
 	id := uint32(len(b.nodes))
 	b.nodes = append(b.nodes, wideNode{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
-	b.paths[p] = id
+	b.setPath(p, id)
 	return id
 }
 
@@ -501,23 +482,56 @@ func (b *indexBuilder) Chunk(c format.Chunk) error {
 	return nil
 }
 
-// link turns the path map into sorted directory entries and link counts.
+// link turns the path table into sorted directory entries and link
+// counts.
 func (b *indexBuilder) link() {
-	x := b.x
-	children := make([][]dirent, len(b.nodes))
-	for p, id := range b.paths {
-		if p == "" {
+	x, t := b.x, &b.paths
+	// The entries of each directory node, as one slice: count them, then
+	// place them.
+	parentOf := func(pid int) uint32 {
+		if d := t.node[t.parent[pid]]; d != noNode && b.nodes[d].mode&syscall.S_IFMT == syscall.S_IFDIR {
+			return d
+		}
+		return noNode
+	}
+	start := make([]uint32, len(b.nodes)+1)
+	for pid := 1; pid < len(t.node); pid++ {
+		if t.node[pid] != noNode {
+			if d := parentOf(pid); d != noNode {
+				start[d+1]++
+			}
+		}
+	}
+	for i := 1; i < len(start); i++ {
+		start[i] += start[i-1]
+	}
+	all := make([]dirent, start[len(b.nodes)])
+	fill := start[:len(b.nodes):len(b.nodes)]
+	for pid := 1; pid < len(t.node); pid++ {
+		id := t.node[pid]
+		if id == noNode {
 			continue
 		}
-		dir, base := path.Split(p)
-		pid, ok := b.paths[strings.TrimSuffix(dir, "/")]
-		if !ok || b.nodes[pid].mode&syscall.S_IFMT != syscall.S_IFDIR {
+		d := parentOf(pid)
+		if d == noNode {
 			continue
 		}
-		children[pid] = append(children[pid], dirent{name: b.internName(base), node: id})
-		if strings.HasPrefix(base, WhiteoutPrefix) && base != OpaqueMarker && b.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
+		all[fill[d]] = dirent{name: t.name[pid], node: id}
+		fill[d]++
+		if base := nameAt(x.strs, t.name[pid]); bytes.HasPrefix(base, []byte(WhiteoutPrefix)) && string(base) != OpaqueMarker &&
+			b.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
 			b.nodes[id].flags |= FlagWhiteout
 		}
+	}
+	// fill[d] (start[d] until the loop above) is now where d's entries
+	// end, which is where d+1's begin.
+	x.dirents = make([]dirent, 0, len(all)) // exact unless some are unreachable
+	children := func(d uint32) []dirent {
+		lo := uint32(0)
+		if d > 0 {
+			lo = fill[d-1]
+		}
+		return all[lo:fill[d]]
 	}
 	// Reachable nodes only: a replaced directory's old contents are not.
 	for i := range b.nodes {
@@ -526,7 +540,7 @@ func (b *indexBuilder) link() {
 	var walk func(id uint32)
 	walk = func(id uint32) {
 		n := &b.nodes[id]
-		ds := children[id]
+		ds := children(id)
 		slices.SortFunc(ds, func(a, c dirent) int {
 			return bytes.Compare(x.nameBytes(a.name), x.nameBytes(c.name))
 		})
