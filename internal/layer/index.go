@@ -74,8 +74,8 @@ const (
 	flagBigTime uint32 = 1 << 31
 )
 
-// wideNode is a node as the builder assembles it, before its attributes
-// are shared.
+// wideNode is a node with its attributes, as the builder edits one
+// (see indexBuilder.wide and put).
 type wideNode struct {
 	parent uint32
 	mode   uint32
@@ -271,8 +271,12 @@ func (x *Index) Neutralized() int { return x.neutralized }
 // names, to nodes; a chunk's compressed end is worked out by the chunk
 // table once every member's offset is known.
 type indexBuilder struct {
-	x      *Index
-	nodes  []wideNode // become x.nodes and x.attrs
+	x *Index
+	// nodes become x.nodes; their attr fields index pre, the distinct
+	// attribute sets without link counts, until pack.
+	nodes  []node
+	pre    []attrSet
+	preIDs map[attrSet]uint32
 	chunks fetch.TableBuilder
 	names  nameSet           // names and link targets in x.strs
 	paths  pathTable         // every path named or implied → node
@@ -293,20 +297,23 @@ func newIndexBuilder() *indexBuilder {
 		names: newNameSet(),
 		paths: newPathTable(),
 		xIDs:  map[string]uint32{},
+		// preIDs is filled by put.
+		preIDs: map[attrSet]uint32{},
 	}
-	b.nodes = append(b.nodes, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	b.put(0, wideNode{mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	return b
 }
 
 // finish links the nodes into directories and returns the index. dataEnd
 // is where the layer's file members end. The builder is spent.
 func (b *indexBuilder) finish(dataEnd int64) (*Index, error) {
-	b.link()
+	nlink := b.link()
 	b.names, b.paths, b.xIDs = nameSet{}, pathTable{}, nil
-	b.pack()
+	b.pack(nlink)
 	// The tables grew by doubling: keep exactly what they hold, since they
 	// live as long as the layer is mounted.
 	x := b.x
+	x.nodes = exact(x.nodes)
 	x.strs = exact(x.strs)
 	x.attrs = exact(x.attrs)
 	x.dirents = exact(x.dirents)
@@ -351,8 +358,10 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 	}
 	if name == "" {
 		if e.Type == format.TypeDir {
-			b.setAttrs(0, e)
-			b.nodes[0].flags &^= FlagImplied
+			w := b.wide(0)
+			b.setAttrs(&w, e)
+			w.flags &^= FlagImplied
+			b.put(0, w)
 		}
 		return nil
 	}
@@ -360,7 +369,7 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 	if e.Type == format.TypeHardlink {
 		target, err := format.CleanName(e.LinkName)
 		id, ok := b.lookup(target)
-		if err != nil || !ok || b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if err != nil || !ok || b.isDir(id) {
 			b.x.neutralized++
 			return nil
 		}
@@ -368,16 +377,17 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 		return nil
 	}
 	if e.Type == format.TypeDir {
-		if id, ok := b.lookup(name); ok && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
-			b.setAttrs(id, e)
-			b.nodes[id].flags &^= FlagImplied
+		if id, ok := b.lookup(name); ok && b.isDir(id) {
+			w := b.wide(id)
+			b.setAttrs(&w, e)
+			w.flags &^= FlagImplied
+			b.put(id, w)
 			return nil
 		}
 	}
 	id := uint32(len(b.nodes))
-	b.nodes = append(b.nodes, wideNode{parent: parent})
-	b.setAttrs(id, e)
-	n := &b.nodes[id]
+	n := &wideNode{parent: parent}
+	b.setAttrs(n, e)
 	switch e.Type {
 	case format.TypeDir:
 		n.mode |= syscall.S_IFDIR
@@ -402,6 +412,7 @@ func (b *indexBuilder) Entry(e *format.Entry) error {
 	default:
 		return fmt.Errorf("layer: %q: unknown type %q", name, e.Type)
 	}
+	b.put(id, *n)
 	b.setPath(name, id)
 	return nil
 }
@@ -413,19 +424,71 @@ func (b *indexBuilder) dir(p string) uint32 {
 		return 0
 	}
 	pid, ok := b.resolve(p, false)
-	if id := b.paths.node[pid]; ok && id != noNode && b.nodes[id].mode&syscall.S_IFMT == syscall.S_IFDIR {
+	if id := b.paths.node[pid]; ok && id != noNode && b.isDir(id) {
 		b.paths.lastDir, b.paths.lastID = p, pid
 		return id
 	}
 	parent := b.dir(path.Dir(p))
 	id := uint32(len(b.nodes))
-	b.nodes = append(b.nodes, wideNode{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
+	b.put(id, wideNode{parent: parent, mode: syscall.S_IFDIR | 0o755, flags: FlagImplied})
 	b.setPath(p, id)
 	return id
 }
 
-func (b *indexBuilder) setAttrs(id uint32, e *format.Entry) {
+// isDir reports whether node id is a directory.
+func (b *indexBuilder) isDir(id uint32) bool {
+	return b.pre[b.nodes[id].attr].mode&syscall.S_IFMT == syscall.S_IFDIR
+}
+
+// wide returns node id with its attributes, to edit and put back.
+func (b *indexBuilder) wide(id uint32) wideNode {
 	n := &b.nodes[id]
+	a := &b.pre[n.attr]
+	w := wideNode{parent: n.parent, mode: a.mode, uid: a.uid, gid: a.gid, first: n.first, count: n.count,
+		rdev: a.rdev, xattr: a.xattr, flags: a.flags &^ (flagBigSize | flagBigTime), size: int64(n.size), mtime: int64(n.mtime)}
+	if a.flags&flagBigSize != 0 {
+		w.size = a.size
+	}
+	if a.flags&flagBigTime != 0 {
+		w.mtime = a.mtime
+	}
+	return w
+}
+
+// put stores w as node id, which is a node or the next one: 24 bytes,
+// and its attributes (but the link count, which link works out) once
+// among the distinct sets.
+func (b *indexBuilder) put(id uint32, w wideNode) {
+	a := attrSet{mode: w.mode, uid: w.uid, gid: w.gid, rdev: w.rdev, xattr: w.xattr, flags: w.flags}
+	n := node{parent: w.parent, first: w.first, count: w.count}
+	if w.size >= 0 && w.size <= maxU32 {
+		n.size = uint32(w.size)
+	} else {
+		a.flags |= flagBigSize
+		a.size = w.size
+	}
+	if w.mtime >= 0 && w.mtime <= maxU32 {
+		n.mtime = uint32(w.mtime)
+	} else {
+		a.flags |= flagBigTime
+		a.mtime = w.mtime
+	}
+	aid, ok := b.preIDs[a]
+	if !ok {
+		aid = uint32(len(b.pre))
+		b.pre = append(b.pre, a)
+		b.preIDs[a] = aid
+	}
+	n.attr = aid
+	if int(id) == len(b.nodes) {
+		b.nodes = append(b.nodes, n)
+	} else {
+		b.nodes[id] = n
+	}
+}
+
+// setAttrs sets what entry e says of a node's attributes.
+func (b *indexBuilder) setAttrs(n *wideNode, e *format.Entry) {
 	n.mode = n.mode&syscall.S_IFMT | uint32(e.Mode)&0o7777
 	n.uid, n.gid = uint32(e.UID), uint32(e.GID)
 	n.mtime = 0
@@ -482,14 +545,14 @@ func (b *indexBuilder) Chunk(c format.Chunk) error {
 	return nil
 }
 
-// link turns the path table into sorted directory entries and link
-// counts.
-func (b *indexBuilder) link() {
+// link turns the path table into sorted directory entries, and returns
+// the nodes' link counts.
+func (b *indexBuilder) link() []uint32 {
 	x, t := b.x, &b.paths
 	// The entries of each directory node, as one slice: count them, then
 	// place them.
 	parentOf := func(pid int) uint32 {
-		if d := t.node[t.parent[pid]]; d != noNode && b.nodes[d].mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if d := t.node[t.parent[pid]]; d != noNode && b.isDir(d) {
 			return d
 		}
 		return noNode
@@ -519,8 +582,10 @@ func (b *indexBuilder) link() {
 		all[fill[d]] = dirent{name: t.name[pid], node: id}
 		fill[d]++
 		if base := nameAt(x.strs, t.name[pid]); bytes.HasPrefix(base, []byte(WhiteoutPrefix)) && string(base) != OpaqueMarker &&
-			b.nodes[id].mode&syscall.S_IFMT != syscall.S_IFDIR {
-			b.nodes[id].flags |= FlagWhiteout
+			!b.isDir(id) {
+			w := b.wide(id)
+			w.flags |= FlagWhiteout
+			b.put(id, w)
 		}
 	}
 	// fill[d] (start[d] until the loop above) is now where d's entries
@@ -534,9 +599,7 @@ func (b *indexBuilder) link() {
 		return all[lo:fill[d]]
 	}
 	// Reachable nodes only: a replaced directory's old contents are not.
-	for i := range b.nodes {
-		b.nodes[i].nlink = 0
-	}
+	nlink := make([]uint32, len(b.nodes))
 	var walk func(id uint32)
 	walk = func(id uint32) {
 		n := &b.nodes[id]
@@ -546,43 +609,30 @@ func (b *indexBuilder) link() {
 		})
 		n.first, n.count = uint32(len(x.dirents)), uint32(len(ds))
 		x.dirents = append(x.dirents, ds...)
-		n.nlink = 2
+		nlink[id] = 2
 		for _, d := range ds {
-			c := &b.nodes[d.node]
-			if c.mode&syscall.S_IFMT == syscall.S_IFDIR {
-				n.nlink++
-				c.parent = id
+			if b.isDir(d.node) {
+				nlink[id]++
+				b.nodes[d.node].parent = id
 				walk(d.node)
 				continue
 			}
-			c.nlink++
+			nlink[d.node]++
 		}
 	}
 	walk(0)
+	return nlink
 }
 
-// pack turns the builder's wide nodes into the compact node table and
-// the table of distinct attribute sets, in node order.
-func (b *indexBuilder) pack() {
+// pack gives the nodes their link counts and numbers the distinct
+// attribute sets, in node order, in place: the nodes become x.nodes.
+func (b *indexBuilder) pack(nlink []uint32) {
 	x := b.x
 	ids := map[attrSet]uint32{}
-	x.nodes = make([]node, len(b.nodes))
 	for i := range b.nodes {
-		w := &b.nodes[i]
-		a := attrSet{mode: w.mode, uid: w.uid, gid: w.gid, nlink: w.nlink, rdev: w.rdev, xattr: w.xattr, flags: w.flags}
-		n := node{parent: w.parent, first: w.first, count: w.count}
-		if w.size >= 0 && w.size <= maxU32 {
-			n.size = uint32(w.size)
-		} else {
-			a.flags |= flagBigSize
-			a.size = w.size
-		}
-		if w.mtime >= 0 && w.mtime <= maxU32 {
-			n.mtime = uint32(w.mtime)
-		} else {
-			a.flags |= flagBigTime
-			a.mtime = w.mtime
-		}
+		n := &b.nodes[i]
+		a := b.pre[n.attr]
+		a.nlink = nlink[i]
 		id, ok := ids[a]
 		if !ok {
 			id = uint32(len(x.attrs))
@@ -590,7 +640,6 @@ func (b *indexBuilder) pack() {
 			ids[a] = id
 		}
 		n.attr = id
-		x.nodes[i] = n
 	}
-	b.nodes = nil
+	x.nodes, b.nodes, b.pre, b.preIDs = b.nodes, nil, nil, nil
 }
