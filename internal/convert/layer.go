@@ -170,24 +170,17 @@ func inspect(f *os.File, size int64, annotations map[string]string) (*layerOut, 
 	if _, err := f.ReadAt(compressed, footer.TOCOffset); err != nil {
 		return nil, err
 	}
-	toc, jsonDigest, err := format.DecodeTOC(footer, compressed, format.DefaultLimits())
+	var files fileCounter
+	info, err := format.ReadTOC(footer, compressed, format.DefaultLimits(), &files)
 	if err != nil {
 		return nil, err
 	}
 	if annotations != nil {
-		if err := format.VerifyTOC(annotations, compressed, jsonDigest); err != nil {
+		if err := format.VerifyTOC(annotations, compressed, info.Digest); err != nil {
 			return nil, err
 		}
 	}
-	if _, err := format.Validate(toc, footer, format.DefaultLimits()); err != nil {
-		return nil, err
-	}
-	out := &layerOut{size: size, tocDigest: jsonDigest, entries: len(toc.Entries), annotations: map[string]string{}}
-	for _, e := range toc.Entries {
-		if e.Type == format.TypeReg && e.Name != format.PrefetchLandmark && e.Name != format.NoPrefetchLandmark {
-			out.files++
-		}
-	}
+	out := &layerOut{size: size, tocDigest: info.Digest, entries: info.Entries, files: int(files), annotations: map[string]string{}}
 	for _, k := range formatAnnotations {
 		if v, ok := annotations[k]; ok {
 			out.annotations[k] = v
@@ -195,6 +188,18 @@ func inspect(f *os.File, size int64, annotations map[string]string) (*layerOut, 
 	}
 	return out, nil
 }
+
+// fileCounter counts a TOC's regular files, landmarks aside.
+type fileCounter int
+
+func (n *fileCounter) Entry(e *format.Entry) error {
+	if e.Type == format.TypeReg && e.Name != format.PrefetchLandmark && e.Name != format.NoPrefetchLandmark {
+		*n++
+	}
+	return nil
+}
+
+func (n *fileCounter) Chunk(format.Chunk) error { return nil }
 
 // formatAnnotations are the layer annotations that describe a blob's
 // eStargz or zstd:chunked layout. A converted layer drops the source's and
