@@ -236,19 +236,6 @@ func (b *TableBuilder) bound(c format.Chunk, isNew bool) {
 // it ends there.
 func (b *TableBuilder) AddOther(off int64) { b.others = append(b.others, off) }
 
-// AddFile adds the chunks of one file (contiguous, in file order, as
-// format.Layout.FileChunks returns them) and returns the index of its
-// first chunk: StartFile, then AddChunk for each.
-func (b *TableBuilder) AddFile(cs []format.Chunk) (first int, err error) {
-	first = b.StartFile()
-	for _, c := range cs {
-		if err := b.AddChunk(c); err != nil {
-			return 0, err
-		}
-	}
-	return first, nil
-}
-
 // Table returns the table of the files added, with every slice sized
 // exactly (it lives as long as its layer). dataEnd is where the layer's
 // file members end (format.Footer.DataEnd): the end of the last member.

@@ -26,6 +26,17 @@ func file(sizes []int64, offs []int64, inner []int64) []format.Chunk {
 	return cs
 }
 
+// addFile adds the chunks of one file and returns the index of its first.
+func addFile(b *TableBuilder, cs []format.Chunk) (first int, err error) {
+	first = b.StartFile()
+	for _, c := range cs {
+		if err := b.AddChunk(c); err != nil {
+			return 0, err
+		}
+	}
+	return first, nil
+}
+
 func TestTable(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
@@ -63,7 +74,7 @@ func TestTable(t *testing.T) {
 			var firsts []int
 			var dataEnd int64
 			for _, cs := range tt.files {
-				first, err := b.AddFile(cs)
+				first, err := addFile(&b, cs)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -180,7 +191,7 @@ func TestTableRefuses(t *testing.T) {
 			var b TableBuilder
 			var err error
 			for _, cs := range tt.files {
-				if _, err = b.AddFile(cs); err != nil {
+				if _, err = addFile(&b, cs); err != nil {
 					break
 				}
 			}

@@ -3,7 +3,8 @@
 //
 // It decodes bytes it is given and encodes layers; it never fetches. Range
 // I/O belongs to the fetch layer, and the compact per-layer index is built
-// from a decoded TOC by the layer package.
+// by the layer package from the entries that ReadTOC hands it as it
+// decodes the TOC, one at a time.
 //
 // Supported layouts (see Kind): gzip eStargz (51-byte footer), legacy stargz
 // (47-byte footer, no chunk digests), eStargz whose small files share a gzip

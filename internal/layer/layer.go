@@ -1,7 +1,8 @@
 // Package layer opens one seekable layer: it reads the footer and the
-// TOC, checks the TOC against the layer's digest annotation, builds the
-// compact index (DESIGN.md, decision 3), and reads files' bytes through
-// the fetch scheduler.
+// TOC, decodes the TOC entry by entry straight into the compact index
+// (DESIGN.md, decision 3; no list of the TOC's entries is ever held),
+// checks the TOC against the layer's digest annotation, and reads files'
+// bytes through the fetch scheduler.
 package layer
 
 import (
