@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -228,4 +229,109 @@ func firstDiff(want, got string) string {
 		}
 	}
 	return "(same)"
+}
+
+// TestIndexManyPaths opens a layer of thousands of paths, enough for the
+// builder's name and path tables to grow several times, and finds every
+// one of them, in the directories that hold them.
+func TestIndexManyPaths(t *testing.T) {
+	const dirs, perDir = 30, 100
+	w := tartest.NewWriter(5)
+	for d := range dirs {
+		w.Dir(fmt.Sprintf("top/d%02d/", d))
+		for f := range perDir {
+			name := fmt.Sprintf("top/d%02d/f-%d-%d", d, d, f)
+			if f%10 == 9 {
+				w.Link(name, fmt.Sprintf("top/d%02d/f-%d-%d", d, d, f-1))
+				continue
+			}
+			w.File(name, []byte(name))
+		}
+	}
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildLayer(t, src)
+	l := open(t, newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
+	x := l.Index
+	top, ok := x.LookupPath("top")
+	if !ok || x.NumChildren(top) != dirs {
+		t.Fatalf("top: %v, %d entries", ok, x.NumChildren(top))
+	}
+	for d := range dirs {
+		dir, ok := x.LookupPath(fmt.Sprintf("top/d%02d", d))
+		if !ok || x.NumChildren(dir) != perDir || x.Parent(dir) != top {
+			t.Fatalf("d%02d: %v, %d entries, parent %d", d, ok, x.NumChildren(dir), x.Parent(dir))
+		}
+		for f := range perDir {
+			name := fmt.Sprintf("top/d%02d/f-%d-%d", d, d, f)
+			id, ok := x.LookupPath(name)
+			if !ok {
+				t.Fatalf("%s: not found", name)
+			}
+			if c, ok := x.Lookup(dir, fmt.Sprintf("f-%d-%d", d, f)); !ok || c != id {
+				t.Fatalf("%s: %d in its directory, %d by path", name, c, id)
+			}
+			target := name
+			if f%10 == 9 {
+				target = fmt.Sprintf("top/d%02d/f-%d-%d", d, d, f-1)
+			}
+			if got := string(readFile(t, l, id)); got != target {
+				t.Fatalf("%s: reads %q", name, got)
+			}
+		}
+	}
+	if _, ok := x.LookupPath("top/d00/f-1-1"); ok {
+		t.Fatal("a name of another directory found")
+	}
+}
+
+// TestOpenRefusesHostileTOC: a TOC that the stream must refuse fails
+// Open with an error wrapping the format's sentinel, whatever the index
+// builder had been given of it before.
+func TestOpenRefusesHostileTOC(t *testing.T) {
+	reg := func(name string, off, size int64) format.Entry {
+		return format.Entry{Name: name, Type: format.TypeReg, Size: size, Offset: off, Digest: zeroDigest}
+	}
+	withChunk := func(e format.Entry, size int64) format.Entry {
+		e.ChunkSize, e.ChunkDigest = size, zeroDigest
+		return e
+	}
+	chunk := func(name string, off, chunkOff, size int64) format.Entry {
+		return format.Entry{Name: name, Type: format.TypeChunk, Offset: off, ChunkOffset: chunkOff, ChunkSize: size, ChunkDigest: zeroDigest}
+	}
+	ok := []format.Entry{{Name: "d", Type: format.TypeDir}, reg("d/a", 100, 10)}
+	for _, tt := range []struct {
+		name    string
+		entries []format.Entry
+		opts    []layer.Option
+		err     error
+	}{
+		{"dot-dot name", append(ok, reg("../etc/passwd", 200, 1)), nil, format.ErrFormat},
+		{"dot-dot inside", append(ok, reg("d/../../x", 200, 1)), nil, format.ErrFormat},
+		{"NUL in a name", append(ok, reg("d/a\x00b", 200, 1)), nil, format.ErrFormat},
+		{"hard link out", append(ok, format.Entry{Name: "h", Type: format.TypeHardlink, LinkName: "../x"}), nil, format.ErrFormat},
+		{"offset beyond the data", append(ok, reg("d/b", 1<<20, 1)), nil, format.ErrFormat},
+		{"chunks overlap", append(ok, withChunk(reg("d/c", 200, 30), 10), chunk("d/c", 300, 5, 0)), nil, format.ErrFormat},
+		{"chunks leave a gap", append(ok, withChunk(reg("d/c", 200, 30), 10), chunk("d/c", 300, 15, 0)), nil, format.ErrFormat},
+		{"chunks fall short", append(ok, withChunk(reg("d/c", 200, 30), 10), chunk("d/c", 300, 10, 10)), nil, format.ErrFormat},
+		{"chunk of another file", append(ok, withChunk(reg("d/c", 200, 30), 10), chunk("d/a", 300, 10, 0)), nil, format.ErrFormat},
+		{"chunk first", append([]format.Entry{chunk("d/a", 300, 0, 0)}, ok...), nil, format.ErrFormat},
+		{"too many entries", append(ok, reg("d/b", 200, 1)), []layer.Option{layer.WithLimits(format.Limits{MaxEntries: 2})}, format.ErrTooLarge},
+		{"file too large", append(ok, reg("d/b", 200, 1<<50)), nil, format.ErrTooLarge},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := handLayer(t, tt.entries)
+			s := newScheduler(t, newCache(t))
+			_, err := layer.Open(t.Context(), s, &fetchtest.MemSource{Blob: b.blob}, b.desc, tt.opts...)
+			if !errors.Is(err, tt.err) || !strings.Contains(fmt.Sprint(err), b.desc.Digest.String()) {
+				t.Fatalf("got %v, want %v naming the layer", err, tt.err)
+			}
+		})
+	}
+	b := handLayer(t, ok)
+	if _, err := layer.Open(t.Context(), newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc); err != nil {
+		t.Fatalf("the same TOC without the hostile entry: %v", err)
+	}
 }

@@ -86,10 +86,12 @@ func nameAt(strs []byte, off uint32) []byte {
 
 // pathTable holds the paths (see above).
 type pathTable struct {
-	parent []uint32          // path ID → its directory's path ID
-	name   []uint32          // path ID → offset of its name in the string table
-	node   []uint32          // path ID → the node it names, or noNode
-	ids    map[uint64]uint32 // directory path ID << 32 | name offset → path ID
+	parent []uint32 // path ID → its directory's path ID
+	name   []uint32 // path ID → offset of its name in the string table
+	node   []uint32 // path ID → the node it names, or noNode
+	// slots is an open-addressing hash set of the path IDs but the root's,
+	// by directory and name, at most half full; 0 is an empty slot.
+	slots []uint32
 	// The directory path resolved last, and its ID: TOCs list a
 	// directory's entries together, so most paths start with it.
 	lastDir string
@@ -97,7 +99,38 @@ type pathTable struct {
 }
 
 func newPathTable() pathTable {
-	return pathTable{parent: []uint32{0}, name: []uint32{0}, node: []uint32{0}, ids: map[uint64]uint32{}}
+	return pathTable{parent: []uint32{0}, name: []uint32{0}, node: []uint32{0}, slots: make([]uint32, 1024)}
+}
+
+// slot returns the slot of the path named name (an offset) in directory
+// dir: the one holding its ID, or the empty one where it belongs.
+func (t *pathTable) slot(dir, name uint32) int {
+	mask := len(t.slots) - 1
+	h := (uint64(dir)<<32 | uint64(name)) * 0x9e3779b97f4a7c15 // Fibonacci hashing
+	for i := int(h>>32) & mask; ; i = (i + 1) & mask {
+		if id := t.slots[i]; id == 0 || t.parent[id] == dir && t.name[id] == name {
+			return i
+		}
+	}
+}
+
+// add adds the path named name in directory dir, naming no node.
+func (t *pathTable) add(dir, name uint32, slot int) uint32 {
+	id := uint32(len(t.node))
+	t.parent = append(t.parent, dir)
+	t.name = append(t.name, name)
+	t.node = append(t.node, noNode)
+	t.slots[slot] = id
+	if 2*len(t.node) > len(t.slots) {
+		old := t.slots
+		t.slots = make([]uint32, 2*len(old))
+		for _, id := range old {
+			if id != 0 {
+				t.slots[t.slot(t.parent[id], t.name[id])] = id
+			}
+		}
+	}
+	return id
 }
 
 // resolve returns the ID of the cleaned path p ("" is the root). With
@@ -126,19 +159,15 @@ func (b *indexBuilder) resolve(p string, create bool) (uint32, bool) {
 				return 0, false
 			}
 		}
-		key := uint64(id)<<32 | uint64(off)
-		next, ok := t.ids[key]
-		if !ok {
-			if !create {
-				return 0, false
-			}
-			next = uint32(len(t.node))
-			t.parent = append(t.parent, id)
-			t.name = append(t.name, off)
-			t.node = append(t.node, noNode)
-			t.ids[key] = next
+		slot := t.slot(id, off)
+		switch next := t.slots[slot]; {
+		case next != 0:
+			id = next
+		case create:
+			id = t.add(id, off, slot)
+		default:
+			return 0, false
 		}
-		id = next
 	}
 	return id, true
 }
