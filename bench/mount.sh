@@ -290,7 +290,7 @@ if $memory_only; then
 	ask image "heap $work/heap.image.pprof" >/dev/null
 	echo "nibble mount memory ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$root" && git rev-parse --short HEAD)), $entries entries:"
 	echo "  before mount $rss0 KiB (anon $(stat_field "$ready" anon0_kb) KiB); mounted $(stat_field "$ready" rss_mounted_gc_kb) KiB after GC, $(stat_field "$ready" rss_mounted_kb) KiB before"
-	echo "  mount took $(stat_field "$ready" mount_us) us (one run; load $(cut -d' ' -f1-3 /proc/loadavg))"
+	echo "  mount took $(stat_field "$ready" mount_us) us, $(stat_field "$ready" mount_cpu_us) us of CPU (one run; load $(cut -d' ' -f1-3 /proc/loadavg))"
 	echo "  peak while mounting (VmHWM) $(stat_field "$ready" hwm_kb) KiB: $(awk -v a="$(stat_field "$ready" hwm_kb)" -v b="$rss0" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') bytes/entry over the start"
 	echo "  after one ls -lR: $(awk -v a="$(stat_field "$line" rss_kb)" -v b="$rss0" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') bytes/entry"
 	echo "         before the mount: anon_kb=$(stat_field "$ready" anon0_kb) heap_inuse=$(stat_field "$ready" heap_inuse0) gc_sys=$(stat_field "$ready" gc_sys0)"
