@@ -160,6 +160,29 @@ func replacedEntries() []format.Entry {
 	}
 }
 
+// endOffsetEntries is a TOC whose files carry an endOffset, as the
+// containers/storage zstd:chunked variant writes it: tighter than the
+// next member, looser, on a chunked file (where it bounds the last chunk
+// only), and before a landmark, whose member bounds the one before it.
+func endOffsetEntries() []format.Entry {
+	reg := func(name string, off, size, end int64) format.Entry {
+		return format.Entry{Name: name, Type: format.TypeReg, Size: size, Offset: off, EndOffset: end, Digest: zeroDigest}
+	}
+	big := reg("big", 3000, 30, 4500)
+	big.ChunkSize, big.ChunkDigest = 10, zeroDigest
+	return []format.Entry{
+		reg("tight", 100, 5, 150),
+		reg("loose", 200, 5, 900),
+		reg("at-offset", 300, 5, 300),
+		big,
+		{Name: "big", Type: format.TypeChunk, Offset: 4000, ChunkOffset: 10, ChunkSize: 10, ChunkDigest: zeroDigest},
+		{Name: "big", Type: format.TypeChunk, Offset: 4200, ChunkOffset: 20, ChunkDigest: zeroDigest},
+		reg("before-landmark", 5000, 5, 0),
+		reg(format.NoPrefetchLandmark, 5100, 1, 0),
+		reg("last", 6000, 5, 0),
+	}
+}
+
 // TestIndexGolden compares the index of layers of every kind with dumps
 // in testdata/index (refreshed with -update): building the index must not
 // change what it holds.
@@ -186,6 +209,7 @@ func TestIndexGolden(t *testing.T) {
 		{"three-2", func(t *testing.T) built { return buildLayer(t, three[2], format.WithNoPrefetch()) }},
 		{"hand", func(t *testing.T) built { return handLayer(t, handEntries()) }},
 		{"hand-replaced", func(t *testing.T) built { return handLayer(t, replacedEntries()) }},
+		{"hand-endoffset", func(t *testing.T) built { return handLayer(t, endOffsetEntries()) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.b(t)
