@@ -104,7 +104,7 @@ func WithWorkers(n int) Option {
 }
 
 // WithMaxRequest bounds the bytes of one merged range request (default
-// 8 MiB). A single member larger than that is still fetched whole.
+// 32 MiB). A single member larger than that is still fetched whole.
 func WithMaxRequest(n int64) Option {
 	return func(s *Scheduler) error {
 		if n < 4<<10 {
@@ -116,7 +116,7 @@ func WithMaxRequest(n int64) Option {
 }
 
 // WithReadAhead sets how many bytes of a file past a read are fetched
-// ahead of the reader (default 32 MiB; 0 disables read-ahead).
+// ahead of the reader (default 64 MiB; 0 disables read-ahead).
 func WithReadAhead(n int64) Option {
 	return func(s *Scheduler) error {
 		if n < 0 {
@@ -211,8 +211,8 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s := &Scheduler{
 		store:      store,
 		workers:    6,
-		maxRequest: 8 << 20,
-		readAhead:  32 << 20,
+		maxRequest: 32 << 20,
+		readAhead:  64 << 20,
 		quiet:      3 * time.Second,
 		attempts:   4,
 		memSize:    64 << 20,
@@ -244,6 +244,15 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 		go s.worker()
 	}
 	return s, nil
+}
+
+// partial reports whether a read-ahead request of n members spanning
+// span bytes should wait for more: when another member of their average
+// size would still fit in a request, and the request is smaller than half
+// the read-ahead (so that a read-ahead smaller than a request still
+// fetches ahead).
+func (s *Scheduler) partial(span int64, n int) bool {
+	return span+span/int64(n) <= s.maxRequest && span < s.readAhead/2
 }
 
 // storeWriters is how many goroutines write chunks to the store.

@@ -242,20 +242,54 @@ func (f *flight) chunk(l *Layer, ci int) []byte {
 }
 
 // readAhead makes sure the chunks [from, to) of a file, up to the
-// read-ahead budget, are present or on their way.
+// read-ahead budget, are present or on their way. It moves in steps of
+// whole requests: a sequential reader advances a chunk at a time, and
+// fetching each new chunk alone would make a request per member, where a
+// request of several members costs the registry much less per byte. So
+// the members not yet asked for are planned into requests, and a last
+// request with room for more waits for the window to move on, unless the
+// window reaches the end of the file.
 func (l *Layer) readAhead(from, to int) {
 	var want []int
 	budget := l.s.readAhead
-	for ci := from; ci < to && budget > 0; ci++ {
+	ci := from
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ; ci < to && budget > 0; ci++ {
 		c := &l.chunks[ci]
 		budget -= int64(c.Size)
+		if _, ok := l.flights[int(l.chunkMember[ci])]; ok {
+			continue
+		}
 		if l.s.mem.has(l, ci) || (c.HasDigest() && l.s.store.Has(c.digest())) {
 			continue
 		}
 		want = append(want, ci)
 	}
+	if len(want) == 0 {
+		return
+	}
+	if ci < to {
+		ms := make([]int, 0, len(want))
+		for _, ci := range want {
+			ms = append(ms, int(l.chunkMember[ci]))
+		}
+		slices.Sort(ms)
+		ms = slices.Compact(ms)
+		jobs := l.plan(ms, Demand)
+		last := jobs[len(jobs)-1].members
+		first, end := &l.members[last[0]], &l.members[last[len(last)-1]]
+		span := end.off + int64(end.clen) - first.off
+		if l.s.partial(span, len(last)) {
+			want = slices.DeleteFunc(want, func(ci int) bool {
+				return slices.Contains(last, int(l.chunkMember[ci]))
+			})
+		}
+	}
 	if len(want) > 0 {
+		l.mu.Unlock()
 		l.ensure(want, Demand)
+		l.mu.Lock()
 	}
 }
 

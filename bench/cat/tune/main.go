@@ -30,8 +30,8 @@ import (
 func main() {
 	var (
 		workers   = flag.Int("workers", 6, "fetch.WithWorkers")
-		maxReq    = flag.String("max-request", "8MiB", "fetch.WithMaxRequest")
-		readAhead = flag.String("read-ahead", "32MiB", "fetch.WithReadAhead")
+		maxReq    = flag.String("max-request", "32MiB", "fetch.WithMaxRequest")
+		readAhead = flag.String("read-ahead", "64MiB", "fetch.WithReadAhead")
 		mem       = flag.String("mem", "64MiB", "fetch.WithMemoryCache")
 		buf       = flag.String("buf", "4MiB", "bytes per read, as nibble cat's WriteFile")
 		store     = flag.String("store", "cache", "chunk store: cache (fsync each chunk), nosync (cache.WithoutSync), none (a store that keeps nothing)")
