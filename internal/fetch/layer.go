@@ -217,7 +217,7 @@ func (l *Layer) local(ci int) []byte {
 	if !l.s.store.Has(d) {
 		return nil
 	}
-	b := make([]byte, c.Size)
+	b := newBuf(int(c.Size))
 	if ok, _ := l.s.store.Get(d, b); ok {
 		l.s.mem.put(l, ci, b)
 		l.hits.Add(1)
@@ -607,7 +607,7 @@ func (l *Layer) chunkBufs(m int) ([]format.Chunk, [][]byte, error) {
 			return nil, nil, fmt.Errorf("%w: member at %d", ErrUnverifiable, mb.off)
 		}
 		cs[k] = format.Chunk{Offset: mb.off, End: mb.off + int64(mb.clen), InnerOffset: int64(c.Inner), Size: int64(c.Size), Digest: d}
-		dsts[k] = make([]byte, c.Size)
+		dsts[k] = newBuf(int(c.Size))
 	}
 	return cs, dsts, nil
 }
