@@ -102,8 +102,10 @@ type storedStream struct {
 	blocks []storedBlock // the blocks entered
 	out    [][]byte      // the output so far, in order
 	peek   []byte        // bytes read of a block that is not stored
-	n      int           // bytes left in the current block
-	eof    bool          // the final block has been entered
+	pend   []byte        // bytes of the next block header read ahead
+	pendB  [5]byte
+	n      int  // bytes left in the current block
+	eof    bool // the final block has been entered
 }
 
 type storedBlock struct {
@@ -171,14 +173,14 @@ func (s *storedStream) readHead(n int) error {
 // block enters the next block, which must be stored.
 func (s *storedStream) block() error {
 	var h [5]byte
-	if _, err := io.ReadFull(s.r, h[:1]); err != nil {
-		return shortRead(err)
+	if err := s.readHdr(h[:1]); err != nil {
+		return err
 	}
 	if h[0] == 0x03 {
 		// An empty final block of fixed codes (what compressors write
 		// on Close after a flush) ends the stream.
-		if _, err := io.ReadFull(s.r, h[1:2]); err != nil {
-			return shortRead(err)
+		if err := s.readHdr(h[1:2]); err != nil {
+			return err
 		}
 		if h[1] != 0 {
 			s.peek = h[:2]
@@ -192,8 +194,8 @@ func (s *storedStream) block() error {
 		s.peek = h[:1]
 		return errNotStored
 	}
-	if _, err := io.ReadFull(s.r, h[1:5]); err != nil {
-		return shortRead(err)
+	if err := s.readHdr(h[1:5]); err != nil {
+		return err
 	}
 	n := int(h[1]) | int(h[2])<<8
 	if nn := int(h[3]) | int(h[4])<<8; n^nn != 0xffff {
@@ -206,6 +208,19 @@ func (s *storedStream) block() error {
 	return nil
 }
 
+// readHdr fills b with the next bytes of a block header: those read
+// ahead first, then the stream's.
+func (s *storedStream) readHdr(b []byte) error {
+	k := copy(b, s.pend)
+	s.pend = s.pend[k:]
+	if k < len(b) {
+		if _, err := io.ReadFull(s.r, b[k:]); err != nil {
+			return shortRead(err)
+		}
+	}
+	return nil
+}
+
 func (s *storedStream) Read(p []byte) (int, error) {
 	for s.n == 0 {
 		if s.eof {
@@ -214,6 +229,27 @@ func (s *storedStream) Read(p []byte) (int, error) {
 		if err := s.block(); err != nil {
 			return 0, err
 		}
+	}
+	if !s.eof && len(s.pend) == 0 && len(p) >= s.n+len(s.pendB) {
+		// The rest of this block and the next block's header in one
+		// read, rather than a small read for the header, which would
+		// go through the HTTP body's buffer (and copy the data that
+		// came with it). The header lands past the data, where the
+		// caller's next read writes; a block that is not the last is
+		// followed by another block and the gzip trailer, so the bytes
+		// are there.
+		m, err := io.ReadFull(s.r, p[:s.n+len(s.pendB)])
+		data := min(m, s.n)
+		s.n -= data
+		if data > 0 {
+			s.record(p[:data])
+		}
+		s.pend = s.pendB[:copy(s.pendB[:], p[data:m])]
+		if s.n > 0 && err != nil {
+			return data, shortRead(err)
+		}
+		// A header cut short fails in block, where it is read.
+		return data, nil
 	}
 	n, err := s.r.Read(p[:min(len(p), s.n)])
 	s.n -= n
@@ -286,6 +322,7 @@ func (s *storedStream) rebuild(clen int64) ([]byte, error) {
 		}
 	}
 	src = append(src, s.peek...)
+	src = append(src, s.pend...)
 	if int64(len(src)) > clen {
 		return nil, io.ErrUnexpectedEOF
 	}

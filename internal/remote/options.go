@@ -191,7 +191,7 @@ func WithLogger(l *slog.Logger) Option {
 // only (no head-of-line blocking between the streams of one connection),
 // keep-alive with enough idle connections per host for parallel range
 // requests, no transparent compression, proxies from the environment. Its
-// read buffer is small (16 KiB) on purpose: a read at least that large
+// read buffer is small (4 KiB) on purpose: a read at least that large
 // goes past it, straight from the socket into the reader's buffer, as the
 // fetch scheduler reads the 64 KiB blocks of stored gzip members.
 func NewTransport() *http.Transport {
@@ -207,7 +207,7 @@ func NewTransport() *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
-		ReadBufferSize:        16 << 10,
+		ReadBufferSize:        4 << 10,
 		WriteBufferSize:       64 << 10,
 	}
 	t.Protocols = new(http.Protocols)
