@@ -11,6 +11,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/remote"
@@ -192,8 +193,10 @@ type Scheduler struct {
 	wg     sync.WaitGroup
 
 	// writes feeds the store writers; storeWG waits for them, sending
-	// for the goroutines handing them work.
+	// for the goroutines handing them work; queued bounds the bytes of
+	// chunks handed to them and not yet stored.
 	writes  chan func()
+	queued  *semaphore.Weighted
 	storeWG sync.WaitGroup
 	sending sync.WaitGroup
 
@@ -227,9 +230,10 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s.noteDemand()
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	// A job holds up to WithMaxRequest bytes: keep the queue short, so
-	// that memory stays bounded when the store is slower than the link.
+	// Keep the queue short, so that memory stays bounded when the store
+	// is slower than the link.
 	s.writes = make(chan func(), s.workers)
+	s.queued = semaphore.NewWeighted(storeQueueBytes)
 	for range storeWriters {
 		s.storeWG.Add(1)
 		go func() {
@@ -255,12 +259,19 @@ func (s *Scheduler) partial(span int64, n int) bool {
 	return span+span/int64(n) <= s.maxRequest && span < s.readAhead/2
 }
 
-// storeWriters is how many goroutines write chunks to the store.
-const storeWriters = 2
+const (
+	// storeWriters is how many goroutines write chunks to the store.
+	storeWriters = 2
+	// storeQueueBytes bounds the chunks waiting for (or being written
+	// to) the store, so that a store slower than the link costs speed
+	// rather than memory. A job larger than that waits for an empty
+	// queue.
+	storeQueueBytes = 64 << 20
+)
 
-// storeAsync runs w on a store writer, waiting for room in the queue
-// (which holds a few jobs' chunks). After Close it runs w at once.
-func (s *Scheduler) storeAsync(w func()) {
+// storeAsync runs w, which stores n bytes of chunks, on a store writer,
+// waiting for room in the queue. After Close it runs w at once.
+func (s *Scheduler) storeAsync(n int64, w func()) {
 	s.mu.Lock()
 	closed := s.closed
 	if !closed {
@@ -271,7 +282,12 @@ func (s *Scheduler) storeAsync(w func()) {
 		w()
 		return
 	}
-	s.writes <- w
+	n = min(n, storeQueueBytes)
+	_ = s.queued.Acquire(context.Background(), n) // fails only with its context
+	s.writes <- func() {
+		defer s.queued.Release(n)
+		w()
+	}
 	s.sending.Done()
 }
 

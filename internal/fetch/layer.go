@@ -651,11 +651,17 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 	// chunk file is synced before it is renamed into place. The flights
 	// are retired once their chunks are stored (see ensure); with nothing
 	// to store (a failed or dropped job), at once.
+	var size int64
+	for _, d := range data {
+		for _, b := range d {
+			size += int64(len(b))
+		}
+	}
 	store := l.s.storeAsync
 	if len(data) == 0 {
-		store = func(w func()) { w() }
+		store = func(_ int64, w func()) { w() }
 	}
-	store(func() {
+	store(size, func() {
 		for _, m := range j.members {
 			d, ok := data[m]
 			if !ok {
