@@ -167,16 +167,25 @@ if [[ $got_sum != "$want_sum" ]]; then
 fi
 proxy_stats >/dev/null
 
-# timed NAME CMD...: runs CMD once and appends "WALL CPU" (seconds; CPU is
-# user + system of the command and its children) to $work/times.NAME.
-timed() {
-	local name=$1 TIMEFORMAT='%R %U %S'
-	shift
-	{ time "$@" 2>&3; } 3>&2 2>"$work/time.tmp"
-	awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/time.tmp" >>"$work/times.$name"
+# reg_cpu: the registry's CPU time so far (user + system, seconds).
+reg_cpu() {
+	awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$reg_pid/stat"
 }
 
-# median NAME: "WALL CPU" of the run with the median wall time.
+# timed NAME CMD...: runs CMD once and appends "WALL CPU REGCPU" (seconds;
+# CPU is user + system of the command and its children, REGCPU the
+# registry's during the run) to $work/times.NAME.
+timed() {
+	local name=$1 TIMEFORMAT='%R %U %S' r0 r1
+	shift
+	r0=$(reg_cpu)
+	{ time "$@" 2>&3; } 3>&2 2>"$work/time.tmp"
+	r1=$(reg_cpu)
+	awk -v r="$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')" \
+		'{ printf "%.3f %.3f %.3f\n", $1, $2 + $3, r }' "$work/time.tmp" >>"$work/times.$name"
+}
+
+# median NAME: "WALL CPU REGCPU" of the run with the median wall time.
 median() {
 	sort -n "$work/times.$1" | awk '{ t[NR] = $0 } END { print t[int((NR + 1) / 2)] }'
 }
@@ -223,11 +232,11 @@ for ((i = 1; i <= runs; i++)); do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-read -r curl_proxy_t curl_proxy_cpu <<<"$(median curl_proxy)"
-read -r nibble_proxy_t nibble_proxy_cpu <<<"$(median nibble_proxy)"
-read -r curl_loop_t curl_loop_cpu <<<"$(median curl_loop)"
-read -r nibble_loop_t nibble_loop_cpu <<<"$(median nibble_loop)"
-read -r nibble_warm_t nibble_warm_cpu <<<"$(median nibble_warm)"
+read -r curl_proxy_t curl_proxy_cpu curl_proxy_reg <<<"$(median curl_proxy)"
+read -r nibble_proxy_t nibble_proxy_cpu nibble_proxy_reg <<<"$(median nibble_proxy)"
+read -r curl_loop_t curl_loop_cpu curl_loop_reg <<<"$(median curl_loop)"
+read -r nibble_loop_t nibble_loop_cpu nibble_loop_reg <<<"$(median nibble_loop)"
+read -r nibble_warm_t nibble_warm_cpu nibble_warm_reg <<<"$(median nibble_warm)"
 
 # Wire counters: the median run's (by bytes down) of each client.
 wire() { # NAME: "BYTES_DOWN REQUESTS CONNS" of the median run
@@ -271,17 +280,18 @@ echo "link:    linkproxy -rtt $rtt -rate $rate; loopback: the registry directly"
 echo "root:    a fresh --root under $root_dir ($(df -T "$root_dir" | awk 'NR == 2 { print $2 }')) for every cold run"
 echo "load:    $load_before before, $load_after after (1, 5, 15-minute load averages)"
 echo "times:   median of $runs runs, wall clock; MB/s = bytes delivered (file for nibble, blob for curl) / wall, MB = 1e6 bytes"
+echo "         cpu s: the client's user + system time; reg cpu s: the registry's during the same run (both share the CPUs)"
 echo
-printf '%-36s %8s %8s %8s %7s\n' "" "wall s" "cpu s" "MB/s" "vs curl"
-row() { # LABEL WALL CPU BYTES CURL_WALL
-	printf '%-36s %8.2f %8.2f %8s %7s\n' "$1" "$2" "$3" "$(mbps "$4" "$2")" \
-		"${5:+$(ratio "$(mbps "$4" "$2")" "$(mbps "$blob_bytes" "$5")")x}"
+printf '%-36s %8s %8s %10s %8s %7s\n' "" "wall s" "cpu s" "reg cpu s" "MB/s" "vs curl"
+row() { # LABEL WALL CPU REGCPU BYTES CURL_WALL
+	printf '%-36s %8.2f %8.2f %10.2f %8s %7s\n' "$1" "$2" "$3" "$4" "$(mbps "$5" "$2")" \
+		"${6:+$(ratio "$(mbps "$5" "$2")" "$(mbps "$blob_bytes" "$6")")x}"
 }
-row "curl, proxy $rtt $rate" "$curl_proxy_t" "$curl_proxy_cpu" "$blob_bytes" ""
-row "nibble cat cold, proxy $rtt $rate" "$nibble_proxy_t" "$nibble_proxy_cpu" "$file_bytes" "$curl_proxy_t"
-row "curl, loopback" "$curl_loop_t" "$curl_loop_cpu" "$blob_bytes" ""
-row "nibble cat cold, loopback" "$nibble_loop_t" "$nibble_loop_cpu" "$file_bytes" "$curl_loop_t"
-row "nibble cat warm cache, loopback" "$nibble_warm_t" "$nibble_warm_cpu" "$file_bytes" "$curl_loop_t"
+row "curl, proxy $rtt $rate" "$curl_proxy_t" "$curl_proxy_cpu" "$curl_proxy_reg" "$blob_bytes" ""
+row "nibble cat cold, proxy $rtt $rate" "$nibble_proxy_t" "$nibble_proxy_cpu" "$nibble_proxy_reg" "$file_bytes" "$curl_proxy_t"
+row "curl, loopback" "$curl_loop_t" "$curl_loop_cpu" "$curl_loop_reg" "$blob_bytes" ""
+row "nibble cat cold, loopback" "$nibble_loop_t" "$nibble_loop_cpu" "$nibble_loop_reg" "$file_bytes" "$curl_loop_t"
+row "nibble cat warm cache, loopback" "$nibble_warm_t" "$nibble_warm_cpu" "$nibble_warm_reg" "$file_bytes" "$curl_loop_t"
 echo
 echo "on the wire through the proxy (median run; bytes down include HTTP headers):"
 printf '  %-10s %12s bytes down (%sx the blob), %s requests, %s connections\n' \

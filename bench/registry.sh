@@ -16,7 +16,7 @@ ensure_docker_registry() {
 
 # start_registry STORAGE: runs docker-registry on a free loopback port with
 # its own config (filesystem storage in STORAGE, no auth) and sets $reg to
-# its host:port once /v2/ answers.
+# its host:port once /v2/ answers, and $reg_pid to its process.
 start_registry() {
 	local storage=$1 try port cfg pid
 	for try in 1 2 3 4 5; do
@@ -44,6 +44,7 @@ start_registry() {
 			if curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null; then
 				pids+=("$pid")
 				reg=127.0.0.1:$port
+				reg_pid=$pid
 				return
 			fi
 			kill -0 "$pid" 2>/dev/null || break

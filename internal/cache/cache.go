@@ -67,6 +67,8 @@ type Cache struct {
 	objects  string // dir/sha256
 	maxSize  int64
 	sync     bool
+	direct   bool        // try O_DIRECT for large objects (see writeBytes)
+	noDirect atomic.Bool // the filesystem refused O_DIRECT: stop trying
 	log      *slog.Logger
 	lockFile *os.File
 	touchNs  int64
@@ -283,10 +285,7 @@ func (c *Cache) Put(d digest.Digest, b []byte) error {
 	if sha256.Sum256(b) != k {
 		return fmt.Errorf("%w: put %s", ErrDigest, d)
 	}
-	return c.store(d, k, int64(len(b)), func(f *os.File) error {
-		_, err := f.Write(b)
-		return err
-	})
+	return c.store(d, k, int64(len(b)), func(f *os.File) error { return c.writeBytes(f, b) })
 }
 
 // PutVerified stores b under d like Put, trusting the caller to have
@@ -298,10 +297,7 @@ func (c *Cache) PutVerified(d digest.Digest, b []byte) error {
 	if err != nil {
 		return fmt.Errorf("cache: put %s: %w", d, err)
 	}
-	return c.store(d, k, int64(len(b)), func(f *os.File) error {
-		_, err := f.Write(b)
-		return err
-	})
+	return c.store(d, k, int64(len(b)), func(f *os.File) error { return c.writeBytes(f, b) })
 }
 
 // store writes an object of size bytes with write, atomically, and indexes

@@ -24,6 +24,10 @@
 // final name; temporary files left by a crash are removed at the next Open.
 // The fan-out directory is not synced after the rename: after a power loss
 // the rename may be lost, which costs a miss, never a wrong byte.
+// The bulk of a large object (1 MiB or more) is written with O_DIRECT,
+// from the caller's buffer straight to the disk, unless WithoutDirectIO:
+// the object's readers hold its bytes elsewhere already, and the copy into
+// the page cache was the largest CPU cost of storing a chunk.
 //
 // The cache survives restarts. Open scans names, sizes and times only (it
 // must be fast with 100k chunks); each object found there is re-verified

@@ -52,6 +52,7 @@ func Open(dir string, opts ...Option) (*Cache, error) {
 		objects:  objects,
 		maxSize:  maxSize,
 		sync:     !cfg.noSync,
+		direct:   !cfg.noDirect,
 		log:      cfg.log,
 		lockFile: lockFile,
 		touchNs:  int64(touchInterval),

@@ -29,9 +29,10 @@ const (
 type Option func(*config) error
 
 type config struct {
-	maxSize int64 // 0: the default
-	log     *slog.Logger
-	noSync  bool
+	maxSize  int64 // 0: the default
+	log      *slog.Logger
+	noSync   bool
+	noDirect bool
 }
 
 // WithMaxSize caps the cache at n bytes (the sum of the sizes of the
@@ -67,6 +68,20 @@ func WithLogger(l *slog.Logger) Option {
 func WithoutSync() Option {
 	return func(c *config) error {
 		c.noSync = true
+		return nil
+	}
+}
+
+// WithoutDirectIO writes every object through the page cache. By default
+// the bulk of a large object (see writeBytes) is written with O_DIRECT,
+// which saves the copy into the page cache and the memory for pages that
+// the chunk's readers already hold elsewhere (the fetch scheduler's memory
+// cache, the kernel's cache of the FUSE file); the object's first read
+// then comes from the disk. Filesystems without O_DIRECT (tmpfs before
+// Linux 6.6) are written through the page cache either way.
+func WithoutDirectIO() Option {
+	return func(c *config) error {
+		c.noDirect = true
 		return nil
 	}
 }

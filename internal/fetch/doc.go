@@ -23,7 +23,10 @@
 // background fetch, which starts only after a quiet period without
 // on-demand reads and runs one job at a time. A queued job that an
 // on-demand read needs is promoted. Running jobs are not interrupted:
-// requests are bounded in size, so a reader waits at most for one.
+// requests are bounded in size, so a reader waits at most for one. A
+// Source that streams (remote.Blob's ReadRange) has each member decoded
+// as it arrives, and its readers woken before the rest of the request is
+// in.
 //
 // # Integrity
 //

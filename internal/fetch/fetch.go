@@ -11,6 +11,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/remote"
@@ -83,7 +84,7 @@ func WithWorkers(n int) Option {
 }
 
 // WithMaxRequest bounds the bytes of one merged range request (default
-// 8 MiB). A single member larger than that is still fetched whole.
+// 32 MiB). A single member larger than that is still fetched whole.
 func WithMaxRequest(n int64) Option {
 	return func(s *Scheduler) error {
 		if n < 4<<10 {
@@ -95,7 +96,7 @@ func WithMaxRequest(n int64) Option {
 }
 
 // WithReadAhead sets how many bytes of a file past a read are fetched
-// ahead of the reader (default 32 MiB; 0 disables read-ahead).
+// ahead of the reader (default 64 MiB; 0 disables read-ahead).
 func WithReadAhead(n int64) Option {
 	return func(s *Scheduler) error {
 		if n < 0 {
@@ -171,8 +172,10 @@ type Scheduler struct {
 	wg     sync.WaitGroup
 
 	// writes feeds the store writers; storeWG waits for them, sending
-	// for the goroutines handing them work.
+	// for the goroutines handing them work; queued bounds the bytes of
+	// chunks handed to them and not yet stored.
 	writes  chan func()
+	queued  *semaphore.Weighted
 	storeWG sync.WaitGroup
 	sending sync.WaitGroup
 
@@ -190,8 +193,8 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s := &Scheduler{
 		store:      store,
 		workers:    6,
-		maxRequest: 8 << 20,
-		readAhead:  32 << 20,
+		maxRequest: 32 << 20,
+		readAhead:  64 << 20,
 		quiet:      3 * time.Second,
 		attempts:   4,
 		memSize:    64 << 20,
@@ -206,9 +209,10 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	s.noteDemand()
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	// A job holds up to WithMaxRequest bytes: keep the queue short, so
-	// that memory stays bounded when the store is slower than the link.
+	// Keep the queue short, so that memory stays bounded when the store
+	// is slower than the link.
 	s.writes = make(chan func(), s.workers)
+	s.queued = semaphore.NewWeighted(storeQueueBytes)
 	for range storeWriters {
 		s.storeWG.Add(1)
 		go func() {
@@ -225,12 +229,28 @@ func New(store Store, opts ...Option) (*Scheduler, error) {
 	return s, nil
 }
 
-// storeWriters is how many goroutines write chunks to the store.
-const storeWriters = 2
+// partial reports whether a read-ahead request of n members spanning
+// span bytes should wait for more: when another member of their average
+// size would still fit in a request, and the request is smaller than half
+// the read-ahead (so that a read-ahead smaller than a request still
+// fetches ahead).
+func (s *Scheduler) partial(span int64, n int) bool {
+	return span+span/int64(n) <= s.maxRequest && span < s.readAhead/2
+}
 
-// storeAsync runs w on a store writer, waiting for room in the queue
-// (which holds a few jobs' chunks). After Close it runs w at once.
-func (s *Scheduler) storeAsync(w func()) {
+const (
+	// storeWriters is how many goroutines write chunks to the store.
+	storeWriters = 2
+	// storeQueueBytes bounds the chunks waiting for (or being written
+	// to) the store, so that a store slower than the link costs speed
+	// rather than memory. A job larger than that waits for an empty
+	// queue.
+	storeQueueBytes = 64 << 20
+)
+
+// storeAsync runs w, which stores n bytes of chunks, on a store writer,
+// waiting for room in the queue. After Close it runs w at once.
+func (s *Scheduler) storeAsync(n int64, w func()) {
 	s.mu.Lock()
 	closed := s.closed
 	if !closed {
@@ -241,7 +261,12 @@ func (s *Scheduler) storeAsync(w func()) {
 		w()
 		return
 	}
-	s.writes <- w
+	n = min(n, storeQueueBytes)
+	_ = s.queued.Acquire(context.Background(), n) // fails only with its context
+	s.writes <- func() {
+		defer s.queued.Release(n)
+		w()
+	}
 	s.sending.Done()
 }
 

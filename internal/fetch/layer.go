@@ -20,6 +20,9 @@ type flight struct {
 	err  error
 	data [][]byte // decoded chunks, in the member's order (Layer.chunksOf)
 	job  *job
+	// landed is set when the flight's readers were woken before the end
+	// of its job (see Layer.land); only the job's worker touches it.
+	landed bool
 }
 
 // LayerOption configures a Layer.
@@ -164,7 +167,7 @@ func (l *Layer) local(ci int) []byte {
 	if !l.s.store.Has(d) {
 		return nil
 	}
-	b := make([]byte, c.Size)
+	b := newBuf(int(c.Size))
 	if ok, _ := l.s.store.Get(d, b); ok {
 		l.s.mem.put(l, ci, b)
 		l.hits.Add(1)
@@ -195,20 +198,54 @@ func (f *flight) chunk(l *Layer, ci int) []byte {
 }
 
 // readAhead makes sure the chunks [from, to) of a file, up to the
-// read-ahead budget, are present or on their way.
+// read-ahead budget, are present or on their way. It moves in steps of
+// whole requests: a sequential reader advances a chunk at a time, and
+// fetching each new chunk alone would make a request per member, where a
+// request of several members costs the registry much less per byte. So
+// the members not yet asked for are planned into requests, and a last
+// request with room for more waits for the window to move on, unless the
+// window reaches the end of the file.
 func (l *Layer) readAhead(from, to int) {
 	var want []int
 	budget := l.s.readAhead
-	for ci := from; ci < to && budget > 0; ci++ {
+	ci := from
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ; ci < to && budget > 0; ci++ {
 		c := &l.chunks[ci]
 		budget -= int64(c.Size)
+		if _, ok := l.flights[int(l.chunks[ci].Member)]; ok {
+			continue
+		}
 		if l.s.mem.has(l, ci) || (c.HasDigest() && l.s.store.Has(c.digest())) {
 			continue
 		}
 		want = append(want, ci)
 	}
+	if len(want) == 0 {
+		return
+	}
+	if ci < to {
+		ms := make([]int, 0, len(want))
+		for _, ci := range want {
+			ms = append(ms, int(l.chunks[ci].Member))
+		}
+		slices.Sort(ms)
+		ms = slices.Compact(ms)
+		jobs := l.plan(ms, Demand)
+		last := jobs[len(jobs)-1].members
+		first, end := &l.members[last[0]], &l.members[last[len(last)-1]]
+		span := end.off + int64(end.clen) - first.off
+		if l.s.partial(span, len(last)) {
+			want = slices.DeleteFunc(want, func(ci int) bool {
+				return slices.Contains(last, int(l.chunks[ci].Member))
+			})
+		}
+	}
 	if len(want) > 0 {
+		l.mu.Unlock()
 		l.ensure(want, Demand)
+		l.mu.Lock()
 	}
 }
 
@@ -327,7 +364,19 @@ func (l *Layer) run(ctx context.Context, j *job) {
 	pending := j.members
 	data := make(map[int][][]byte, len(pending))
 	var lastErr error
-	for attempt := 0; attempt < l.s.attempts && len(pending) > 0; attempt++ {
+	attempt := 0
+	if st, ok := l.src.(streamer); ok {
+		// The first attempt streams: each member is decoded as it
+		// arrives, and its readers woken at once.
+		var final bool
+		pending, lastErr, final = l.stream(ctx, st, j, data)
+		attempt++
+		if final {
+			l.finish(j, data, lastErr)
+			return
+		}
+	}
+	for ; attempt < l.s.attempts && len(pending) > 0; attempt++ {
 		var rs []Range
 		if attempt == 0 {
 			first, last := &l.members[pending[0]], &l.members[pending[len(pending)-1]]
@@ -382,11 +431,126 @@ func (l *Layer) rangeOf(m int, rs []Range, bufs [][]byte) ([]byte, int64) {
 	panic("fetch: member outside the fetched ranges")
 }
 
+// streamer is a Source that can hand a range's bytes over as they
+// arrive, as remote.Blob does (see its ReadRange).
+type streamer interface {
+	ReadRange(ctx context.Context, r Range, consume func(io.Reader) error) error
+}
+
+// stream makes a job's request through st and decodes each member as its
+// bytes arrive: a member of stored blocks goes from the connection
+// straight into its chunks' buffers. The readers of a member that
+// verifies are woken at once (land). It returns the members left to
+// fetch again and the last error; final means that the source failed,
+// which is not retried here (the source retries network faults itself).
+func (l *Layer) stream(ctx context.Context, st streamer, j *job, data map[int][][]byte) (pending []int, lastErr error, final bool) {
+	ms := j.members
+	first, last := &l.members[ms[0]], &l.members[ms[len(ms)-1]]
+	rng := Range{Off: first.off, Len: last.off + int64(last.clen) - first.off}
+	l.requests.Add(1)
+	done := 0
+	err := st.ReadRange(ctx, rng, func(r io.Reader) error {
+		sr := &errReader{r: r}
+		pos := first.off
+		for _, m := range ms {
+			mb := &l.members[m]
+			if gap := mb.off - pos; gap > 0 {
+				if _, err := io.CopyN(io.Discard, sr, gap); err != nil {
+					return err
+				}
+			}
+			lr := &io.LimitedReader{R: sr, N: int64(mb.clen)}
+			chunks, err := l.decodeFrom(m, lr)
+			if sr.err != nil {
+				return sr.err
+			}
+			if _, err := io.Copy(io.Discard, lr); err != nil {
+				return err
+			}
+			pos = mb.off + int64(mb.clen)
+			l.fetched.Add(int64(mb.clen))
+			done++
+			if err != nil {
+				l.failures.Add(1)
+				lastErr = err
+				pending = append(pending, m)
+				continue
+			}
+			data[m] = chunks
+			l.land(j, m, chunks)
+		}
+		return nil
+	})
+	if err != nil {
+		return append(pending, ms[done:]...), err, true
+	}
+	return pending, lastErr, false
+}
+
+// errReader remembers the first error of its reader other than io.EOF, so
+// that a broken stream can be told from bytes that fail to decode.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// land hands member m's verified chunks to its readers before the rest
+// of job j is done. finish stores them, and retires the flight, with the
+// job's other members.
+func (l *Layer) land(j *job, m int, chunks [][]byte) {
+	l.mu.Lock()
+	f := l.flights[m]
+	l.mu.Unlock()
+	f.data = chunks
+	if j.prio == Demand {
+		first, n := l.chunksOf(m)
+		for k := range n {
+			l.s.mem.put(l, l.t.at(first+k), chunks[k])
+		}
+	}
+	f.landed = true
+	close(f.done)
+}
+
 func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
 	mb := &l.members[m]
 	if int64(len(src)) < int64(mb.clen) {
 		return nil, fmt.Errorf("fetch: member at %d: short read", mb.off)
 	}
+	cs, dsts, err := l.chunkBufs(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.s.dec.DecodeChunks(l.kind, src, cs, dsts); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	return dsts, nil
+}
+
+// decodeFrom decodes member m from r, which yields its bytes.
+func (l *Layer) decodeFrom(m int, r io.Reader) ([][]byte, error) {
+	cs, dsts, err := l.chunkBufs(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.s.dec.DecodeChunksFrom(l.kind, r, cs, dsts); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	return dsts, nil
+}
+
+// chunkBufs returns the chunks of member m for the decoder, and a buffer
+// for each.
+func (l *Layer) chunkBufs(m int) ([]format.Chunk, [][]byte, error) {
+	mb := &l.members[m]
 	first, n := l.chunksOf(m)
 	cs := make([]format.Chunk, n)
 	dsts := make([][]byte, n)
@@ -396,15 +560,12 @@ func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
 		if c.HasDigest() {
 			d = c.digest()
 		} else if !l.allowUnverified {
-			return nil, fmt.Errorf("%w: member at %d", ErrUnverifiable, mb.off)
+			return nil, nil, fmt.Errorf("%w: member at %d", ErrUnverifiable, mb.off)
 		}
 		cs[k] = format.Chunk{Offset: mb.off, End: mb.off + int64(mb.clen), InnerOffset: int64(c.Inner), Size: int64(c.Size), Digest: d}
-		dsts[k] = make([]byte, c.Size)
+		dsts[k] = newBuf(int(c.Size))
 	}
-	if err := l.s.dec.DecodeChunks(l.kind, src, cs, dsts); err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	return dsts, nil
+	return cs, dsts, nil
 }
 
 // finish hands a job's results to its flights' readers, then stores the
@@ -421,6 +582,9 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 	l.mu.Unlock()
 	for i, m := range j.members {
 		f := flights[i]
+		if f.landed {
+			continue
+		}
 		if d, ok := data[m]; ok {
 			f.data = d
 			// Only what readers asked for goes to the memory cache:
@@ -444,11 +608,17 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 	// chunk file is synced before it is renamed into place. The flights
 	// are retired once their chunks are stored (see ensure); with nothing
 	// to store (a failed or dropped job), at once.
+	var size int64
+	for _, d := range data {
+		for _, b := range d {
+			size += int64(len(b))
+		}
+	}
 	store := l.s.storeAsync
 	if len(data) == 0 {
-		store = func(w func()) { w() }
+		store = func(_ int64, w func()) { w() }
 	}
-	store(func() {
+	store(size, func() {
 		for _, m := range j.members {
 			d, ok := data[m]
 			if !ok {

@@ -292,6 +292,64 @@ func TestConcurrentReadersFetchOnce(t *testing.T) {
 	}
 }
 
+// TestSequentialReadAheadMergesMembers: a reader that goes through a file
+// a chunk at a time makes read-ahead requests of several members each,
+// and fetches every member once.
+func TestSequentialReadAheadMergesMembers(t *testing.T) {
+	w := tartest.NewWriter(3)
+	const size = 40 << 16 // 40 chunks of 64 KiB, a member each
+	want := w.RandomFile("big", size)
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildLayer(t, src, format.WithChunkSize(64<<10))
+	// Requests of several members (tartest's random data compresses
+	// about 2:1), and read-ahead of 16 chunks.
+	s := newScheduler(t, newCache(t), fetch.WithMaxRequest(480<<10), fetch.WithReadAhead(1<<20))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	ms.Reset()
+	id, ok := l.Index.LookupPath("big")
+	if !ok {
+		t.Fatal("missing file")
+	}
+	got := make([]byte, 0, size)
+	buf := make([]byte, 64<<10)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n, err := l.ReadAt(context.Background(), id, buf, off)
+		if err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("wrong bytes")
+	}
+	chunks := l.FileChunks(id)
+	n := len(chunks)
+	fetched := map[int64]int{}
+	reqs := ms.Requests()
+	for _, r := range reqs {
+		for _, c := range chunks {
+			if c.Off >= r.Off && c.Off < r.Off+r.Len {
+				fetched[c.Off]++
+			}
+		}
+	}
+	for _, c := range chunks {
+		if fetched[c.Off] != 1 {
+			t.Errorf("member at %d fetched %d times", c.Off, fetched[c.Off])
+		}
+	}
+	// One request for the first chunk, then read-ahead in requests of
+	// several members: a request per member would make 40.
+	if len(reqs) > n/4 {
+		t.Errorf("%d requests for %d members: read-ahead does not merge them", len(reqs), n)
+	}
+	t.Logf("%d members in %d requests", n, len(reqs))
+}
+
 // TestCorruptionIsRetriedNeverServed: flipped bytes are fetched again;
 // when they never clear, the read fails rather than return them.
 func TestCorruptionIsRetriedNeverServed(t *testing.T) {

@@ -213,6 +213,32 @@ func checkRead(t testing.TB, b Blob, data []byte, rs []Range) {
 	}
 }
 
+// checkStream reads r of b with ReadRange, in reads of odd sizes, and
+// checks the bytes against data.
+func checkStream(t testing.TB, b Blob, data []byte, r Range) {
+	t.Helper()
+	var got []byte
+	err := b.ReadRange(context.Background(), r, func(rd io.Reader) error {
+		buf := make([]byte, 7777)
+		for {
+			n, err := rd.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("ReadRange(%v): %v", r, err)
+	}
+	if want := data[r.Off:r.End()]; !bytes.Equal(got, want) {
+		t.Fatalf("ReadRange(%v): got %d bytes that differ from the blob's %d", r, len(got), len(want))
+	}
+}
+
 // parseRangeHeader parses "bytes=a-b,c-d" (closed ranges only).
 func parseRangeHeader(t testing.TB, h string) []contentRange {
 	t.Helper()

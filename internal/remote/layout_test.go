@@ -37,6 +37,8 @@ func TestLayout(t *testing.T) {
 	n := int64(len(data))
 	checkRead(t, b, data, []Range{{0, 1}, {10, 1000}, {5000, 100000}, {n - 5, 5}})
 	checkRead(t, b, data, []Range{{0, n}})
+	checkStream(t, b, data, Range{0, n})
+	checkStream(t, b, data, Range{5000, 100000})
 
 	if _, err := b.ReadRanges(ctx, []Range{{n - 5, 6}}); !errors.Is(err, ErrRange) {
 		t.Errorf("range past the end: %v, want ErrRange", err)

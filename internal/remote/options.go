@@ -190,8 +190,10 @@ func WithLogger(l *slog.Logger) Option {
 // NewTransport returns the HTTP transport nibble uses by default: HTTP/1.1
 // only (no head-of-line blocking between the streams of one connection),
 // keep-alive with enough idle connections per host for parallel range
-// requests, no transparent compression, large read buffers, proxies from
-// the environment.
+// requests, no transparent compression, proxies from the environment. Its
+// read buffer is small (4 KiB) on purpose: a read at least that large
+// goes past it, straight from the socket into the reader's buffer, as the
+// fetch scheduler reads the 64 KiB blocks of stored gzip members.
 func NewTransport() *http.Transport {
 	t := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
@@ -205,7 +207,7 @@ func NewTransport() *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
-		ReadBufferSize:        256 << 10,
+		ReadBufferSize:        4 << 10,
 		WriteBufferSize:       64 << 10,
 	}
 	t.Protocols = new(http.Protocols)

@@ -94,6 +94,7 @@ func TestRedirect(t *testing.T) {
 	// The signed URL expires: one more trip through the registry.
 	st.gen.Add(1)
 	checkRead(t, b, data, []Range{{77, 7777}})
+	checkStream(t, b, data, Range{777, 7777})
 	if n := tr.blobGets.Load() - before; n != 2 {
 		t.Errorf("%d registry requests after the signed URL expired, want 2", n)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -48,6 +49,13 @@ type Blob interface {
 	// several requests; it retries transient faults itself and fails with
 	// a clear error when the fault does not clear within its bounds.
 	ReadRanges(ctx context.Context, rs []Range) ([][]byte, error)
+	// ReadRange reads one range (inside [0, Size), not empty) and hands
+	// its bytes to consume as they arrive, in order, through a reader
+	// that resumes a transfer that breaks off, within the same bounds as
+	// ReadRanges, so that consume sees every byte once; the reader fails
+	// with the error that ended the transfer. ReadRange returns
+	// consume's error. consume must not keep the reader.
+	ReadRange(ctx context.Context, r Range, consume func(io.Reader) error) error
 }
 
 // Image is one image, resolved from a location.
@@ -135,6 +143,7 @@ func (b brokenBlob) Size() int64           { return b.size }
 func (b brokenBlob) ReadRanges(context.Context, []Range) ([][]byte, error) {
 	return nil, b.err
 }
+func (b brokenBlob) ReadRange(context.Context, Range, func(io.Reader) error) error { return b.err }
 
 // resolve turns an artifact (an image, or an index resolved to the wanted
 // platform) into an Image.

@@ -59,7 +59,17 @@ func TestReadRanges(t *testing.T) {
 		{"empty ranges", []Range{{0, 0}, {7, 3}, {10, 0}, {n, 0}}},
 		{"none", nil},
 	} {
-		t.Run(tc.name, func(t *testing.T) { checkRead(t, b, data, tc.rs) })
+		t.Run(tc.name, func(t *testing.T) {
+			checkRead(t, b, data, tc.rs)
+			for _, r := range tc.rs {
+				if r.Len > 0 {
+					checkStream(t, b, data, r)
+				}
+			}
+		})
+	}
+	if err := b.ReadRange(context.Background(), Range{n - 1, 2}, func(io.Reader) error { return nil }); !errors.Is(err, ErrRange) {
+		t.Errorf("ReadRange past the end: %v, want ErrRange", err)
 	}
 }
 
@@ -268,9 +278,12 @@ func TestBodyFaults(t *testing.T) {
 		fault fault
 		// resumes: the retry asks only for what did not arrive.
 		resumes bool
+		// streamOK: ReadRange takes the bytes it asked for without a
+		// retry (it never reads past them).
+		streamOK bool
 	}{
-		{"reset mid-body", halfThenClose(true), true},
-		{"EOF mid-body", halfThenClose(false), true},
+		{"reset mid-body", halfThenClose(true), true, false},
+		{"EOF mid-body", halfThenClose(false), true, false},
 		{"stall mid-body", func(w http.ResponseWriter, r *http.Request) {
 			cr, body := asked(r)
 			hijack(t, w, func(c net.Conn, bw *bufio.ReadWriter) {
@@ -279,10 +292,10 @@ func TestBodyFaults(t *testing.T) {
 				bw.Flush()
 				io.Copy(io.Discard, c) // until the client gives up
 			})
-		}, true},
+		}, true, false},
 		{"stall before headers", func(w http.ResponseWriter, r *http.Request) {
 			<-r.Context().Done()
-		}, false},
+		}, false, false},
 		{"chunked body shorter than the range", func(w http.ResponseWriter, r *http.Request) {
 			cr, body := asked(r)
 			hijack(t, w, func(c net.Conn, bw *bufio.ReadWriter) {
@@ -290,7 +303,7 @@ func TestBodyFaults(t *testing.T) {
 				fmt.Fprintf(bw, "%x\r\n%s\r\n0\r\n\r\n", len(body)/3, body[:len(body)/3])
 				bw.Flush()
 			})
-		}, true},
+		}, true, false},
 		{"chunked body longer than the range", func(w http.ResponseWriter, r *http.Request) {
 			cr, body := asked(r)
 			hijack(t, w, func(c net.Conn, bw *bufio.ReadWriter) {
@@ -298,7 +311,7 @@ func TestBodyFaults(t *testing.T) {
 				fmt.Fprintf(bw, "%x\r\n%sXX\r\n0\r\n\r\n", len(body)+2, body)
 				bw.Flush()
 			})
-		}, false},
+		}, false, true},
 		{"Content-Length shorter than Content-Range", func(w http.ResponseWriter, r *http.Request) {
 			cr, body := asked(r)
 			hijack(t, w, func(c net.Conn, bw *bufio.ReadWriter) {
@@ -306,52 +319,64 @@ func TestBodyFaults(t *testing.T) {
 				bw.Write(body[:len(body)-10])
 				bw.Flush()
 			})
-		}, false},
+		}, false, false},
 		{"Content-Range of other bytes", func(w http.ResponseWriter, r *http.Request) {
 			cr, _ := asked(r)
 			cr.first, cr.last = cr.first+1, cr.last+1
 			w.Header().Set("Content-Range", cr.String())
 			w.WriteHeader(http.StatusPartialContent)
 			w.Write(data[cr.first : cr.last+1])
-		}, false},
+		}, false, false},
 		{"Content-Range of another size", func(w http.ResponseWriter, r *http.Request) {
 			cr, body := asked(r)
 			cr.size++
 			w.Header().Set("Content-Range", cr.String())
 			w.WriteHeader(http.StatusPartialContent)
 			w.Write(body)
-		}, false},
+		}, false, false},
 		{"garbage Content-Range", func(w http.ResponseWriter, r *http.Request) {
 			_, body := asked(r)
 			w.Header().Set("Content-Range", "bytes 1000-")
 			w.WriteHeader(http.StatusPartialContent)
 			w.Write(body)
-		}, false},
+		}, false, false},
 		{"200 with a short blob", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(data)-1))
 			w.Write(data[:len(data)-1])
-		}, false},
+		}, false, false},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			faulty := countdown(1)
-			tr.setHook(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-				if faulty() {
-					tc.fault(w, r)
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stream=%v", tc.name, stream), func(t *testing.T) {
+				faulty := countdown(1)
+				tr.setHook(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+					if faulty() {
+						tc.fault(w, r)
+						return
+					}
+					next.ServeHTTP(w, r)
+				})
+				tr.takeRanges()
+				if stream {
+					checkStream(t, b, data, rng)
+				} else {
+					checkRead(t, b, data, []Range{rng})
+				}
+				ranges := tr.takeRanges()
+				if stream && tc.streamOK {
+					if len(ranges) != 1 {
+						t.Fatalf("requests %q, want 1", ranges)
+					}
 					return
 				}
-				next.ServeHTTP(w, r)
+				if len(ranges) != 2 {
+					t.Fatalf("requests %q, want 2", ranges)
+				}
+				retry := parseRangeHeader(t, ranges[1])[0]
+				if resumed := retry.first > rng.Off; resumed != tc.resumes || retry.last != rng.End()-1 {
+					t.Errorf("retry asked for %s, first %s (resume expected: %v)", ranges[1], ranges[0], tc.resumes)
+				}
 			})
-			tr.takeRanges()
-			checkRead(t, b, data, []Range{rng})
-			ranges := tr.takeRanges()
-			if len(ranges) != 2 {
-				t.Fatalf("requests %q, want 2", ranges)
-			}
-			retry := parseRangeHeader(t, ranges[1])[0]
-			if resumed := retry.first > rng.Off; resumed != tc.resumes || retry.last != rng.End()-1 {
-				t.Errorf("retry asked for %s, first %s (resume expected: %v)", ranges[1], ranges[0], tc.resumes)
-			}
-		})
+		}
 	}
 
 	for _, tc := range []struct {
@@ -373,20 +398,30 @@ func TestBodyFaults(t *testing.T) {
 			w.Write([]byte{0})
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tr.setHook(func(w http.ResponseWriter, r *http.Request, next http.Handler) { tc.fault(w, r) })
-			before := tr.blobGets.Load()
-			start := time.Now()
-			_, err := b.ReadRanges(context.Background(), []Range{rng})
-			elapsed := time.Since(start)
-			t.Logf("error after %s: %v", elapsed, err)
-			if !errors.Is(err, ErrTransient) || elapsed > failBound {
-				t.Errorf("got %v after %s, want ErrTransient within %s", err, elapsed, failBound)
-			}
-			if n := tr.blobGets.Load() - before; n != int64(fastRetry.MaxAttempts) {
-				t.Errorf("%d requests, want %d", n, fastRetry.MaxAttempts)
-			}
-		})
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stream=%v", tc.name, stream), func(t *testing.T) {
+				tr.setHook(func(w http.ResponseWriter, r *http.Request, next http.Handler) { tc.fault(w, r) })
+				before := tr.blobGets.Load()
+				start := time.Now()
+				var err error
+				if stream {
+					err = b.ReadRange(context.Background(), rng, func(r io.Reader) error {
+						_, err := io.Copy(io.Discard, r)
+						return err
+					})
+				} else {
+					_, err = b.ReadRanges(context.Background(), []Range{rng})
+				}
+				elapsed := time.Since(start)
+				t.Logf("error after %s: %v", elapsed, err)
+				if !errors.Is(err, ErrTransient) || elapsed > failBound {
+					t.Errorf("got %v after %s, want ErrTransient within %s", err, elapsed, failBound)
+				}
+				if n := tr.blobGets.Load() - before; n != int64(fastRetry.MaxAttempts) {
+					t.Errorf("%d requests, want %d", n, fastRetry.MaxAttempts)
+				}
+			})
+		}
 	}
 	tr.setHook(nil)
 }

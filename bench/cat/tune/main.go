@@ -30,8 +30,8 @@ import (
 func main() {
 	var (
 		workers   = flag.Int("workers", 6, "fetch.WithWorkers")
-		maxReq    = flag.String("max-request", "8MiB", "fetch.WithMaxRequest")
-		readAhead = flag.String("read-ahead", "32MiB", "fetch.WithReadAhead")
+		maxReq    = flag.String("max-request", "32MiB", "fetch.WithMaxRequest")
+		readAhead = flag.String("read-ahead", "64MiB", "fetch.WithReadAhead")
 		mem       = flag.String("mem", "64MiB", "fetch.WithMemoryCache")
 		buf       = flag.String("buf", "4MiB", "bytes per read, as nibble cat's WriteFile")
 		store     = flag.String("store", "cache", "chunk store: cache (fsync each chunk), nosync (cache.WithoutSync), none (a store that keeps nothing)")
@@ -76,7 +76,7 @@ func main() {
 
 func run(ctx context.Context, ref, path, storeKind, parent string, bufSize int, opts []fetch.Option) error {
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0, flt0 := cpuTime()
 	loc, err := imageref.Parse(ref)
 	if err != nil {
 		return err
@@ -126,11 +126,12 @@ func run(ctx context.Context, ref, path, storeKind, parent string, bufSize int, 
 		return err
 	}
 	wall := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu1, flt1 := cpuTime()
+	cpu := cpu1 - cpu0
 	fs := im.Layers[e.Layer].Stats()
 	mb := float64(e.Attr.Size) / 1e6
-	fmt.Printf("wall %.2fs (open %.3fs) cpu %.2fs  %.1f MB/s  requests %d fetched %d bytes (%.0f per request) failures %d\n",
-		wall.Seconds(), opened.Seconds(), cpu.Seconds(), mb/wall.Seconds(), fs.Requests, fs.FetchedBytes,
+	fmt.Printf("wall %.2fs (open %.3fs) cpu %.2fs  %.1f MB/s  page faults %d  requests %d fetched %d bytes (%.0f per request) failures %d\n",
+		wall.Seconds(), opened.Seconds(), cpu.Seconds(), mb/wall.Seconds(), flt1-flt0, fs.Requests, fs.FetchedBytes,
 		float64(fs.FetchedBytes)/float64(max(fs.Requests, 1)), fs.Failures)
 	return nil
 }
@@ -142,10 +143,12 @@ func (noStore) Get(digest.Digest, []byte) (bool, error) { return false, nil }
 func (noStore) Put(digest.Digest, []byte) error         { return nil }
 func (noStore) Has(digest.Digest) bool                  { return false }
 
-func cpuTime() time.Duration {
+// cpuTime returns the process's CPU time (user and system) and its page
+// faults (minor and major).
+func cpuTime() (time.Duration, int64) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Minflt + ru.Majflt
 }

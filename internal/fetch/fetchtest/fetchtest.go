@@ -3,8 +3,10 @@
 package fetchtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"sync"
 
 	"nibble.dev/nibble/internal/fetch"
@@ -49,6 +51,16 @@ func (s *MemSource) ReadRanges(ctx context.Context, rs []fetch.Range) ([][]byte,
 		}
 	}
 	return out, nil
+}
+
+// ReadRange serves one range as a stream, like remote.Blob's ReadRange,
+// with the same counting, failures and corruption as ReadRanges.
+func (s *MemSource) ReadRange(ctx context.Context, r fetch.Range, consume func(io.Reader) error) error {
+	bs, err := s.ReadRanges(ctx, []fetch.Range{r})
+	if err != nil {
+		return err
+	}
+	return consume(bytes.NewReader(bs[0]))
 }
 
 // Requests returns the ranges served so far.

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package fetch
+
+func adviseHuge([]byte) {}
