@@ -624,6 +624,13 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 			if !ok {
 				continue
 			}
+			// A closed layer's prefetched and background chunks are
+			// dropped rather than stored: each chunk is a synced file,
+			// and a queue of small ones would keep a server whose
+			// images are gone writing for tens of seconds.
+			if j.prio != Demand && l.closed.Load() {
+				break
+			}
 			first, n := l.chunksOf(m)
 			for k := range n {
 				if c := &l.chunks[l.t.at(first+k)]; c.HasDigest() {
@@ -675,8 +682,10 @@ func (l *Layer) queueMissing(want func(*member) bool, prio Priority) {
 }
 
 // Close retires the layer: its queued fetches are dropped (a running one
-// finishes), its chunks kept in memory are forgotten, and later reads fail
-// with ErrClosed. Chunks already in the store stay there.
+// finishes), its chunks kept in memory are forgotten, prefetched and
+// background chunks still waiting for the store are not stored (those
+// read on demand are), and later reads fail with ErrClosed. Chunks
+// already in the store stay there.
 func (l *Layer) Close() {
 	if l.closed.Swap(true) {
 		return

@@ -9,8 +9,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	digest "github.com/opencontainers/go-digest"
 
 	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/fetch/fetchtest"
@@ -192,5 +195,57 @@ func TestPrefetchFetchesListedFiles(t *testing.T) {
 	id, _ := l.Index.LookupPath("d/f0299")
 	if _, err := l.ReadAt(context.Background(), id, make([]byte, 10), 0); !errors.Is(err, errOffline) {
 		t.Errorf("d/f0299, not listed, offline: %v, want the source's error", err)
+	}
+}
+
+// slowStore is a store whose Put waits on gate, and counts its calls.
+type slowStore struct {
+	fetch.Store
+	gate chan struct{}
+	puts atomic.Int64
+}
+
+func (s *slowStore) Put(d digest.Digest, b []byte) error {
+	s.puts.Add(1)
+	<-s.gate
+	return s.Store.Put(d, b)
+}
+
+// TestCloseDropsQueuedStores: a layer closed while its background chunks
+// wait for a slow store does not go on storing them, so that Close of the
+// scheduler (a server's exit) does not wait for them.
+func TestCloseDropsQueuedStores(t *testing.T) {
+	src, files := manyFiles(t, 1000) // about 15 members of small files, 25 large files
+	b := buildLayer(t, src, format.WithNoPrefetch())
+	store := &slowStore{Store: newCache(t), gate: make(chan struct{})}
+	s, err := fetch.New(store, fetch.WithQuietPeriod(time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	l.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for store.puts.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no chunk reached the store")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.Close()
+	close(store.gate)
+	done := make(chan error)
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scheduler's Close still waits 10 s after the layer's")
+	}
+	// The writers each finish the member they were storing, and stop.
+	if n, all := store.puts.Load(), int64(len(files)); n > all/4 {
+		t.Errorf("%d of %d chunks stored after the layer was closed", n, all)
 	}
 }
