@@ -202,10 +202,15 @@ func BenchmarkOpen(b *testing.B) {
 	c := open(b, dir)
 	for i := range n {
 		bs, d := chunk(uint64(i), 16)
-		if err := c.writeFile(mustKey(b, d), func(f *os.File) error {
+		k := mustKey(b, d)
+		tmp, err := c.writeTemp(k, func(f *os.File) error {
 			_, err := f.Write(bs)
 			return err
-		}); err != nil {
+		}, false)
+		if err == nil {
+			err = c.rename(k, tmp)
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -731,5 +732,46 @@ func TestLargeObjects(t *testing.T) {
 				mustGet(t, c2, o.d, o.b)
 			}
 		})
+	}
+}
+
+// TestPutVerifiedBatch: a batch stores every good object with one flush
+// (synced, and not), skips those already there, reports the bad ones
+// without losing the others, and leaves no temporary file.
+func TestPutVerifiedBatch(t *testing.T) {
+	for _, opts := range [][]Option{nil, {WithoutSync()}} {
+		dir := t.TempDir()
+		c := open(t, dir, opts...)
+		var ds []digest.Digest
+		var bs [][]byte
+		for i := range 20 {
+			b, d := chunk(uint64(i), 100+i*1000)
+			ds, bs = append(ds, d), append(bs, b)
+		}
+		if err := c.PutVerified(ds[3], bs[3]); err != nil {
+			t.Fatal(err)
+		}
+		bad := slices.Clone(ds)
+		bad[7] = "sha256:nothex"
+		err := c.PutVerifiedBatch(bad, bs)
+		if err == nil || !strings.Contains(err.Error(), "nothex") {
+			t.Errorf("a batch with a bad digest: %v", err)
+		}
+		for i, d := range ds {
+			if i == 7 {
+				mustMiss(t, c, d, len(bs[i]))
+				continue
+			}
+			mustGet(t, c, d, bs[i])
+		}
+		if s := c.Stats(); s.Entries != 19 {
+			t.Errorf("%d entries, want 19", s.Entries)
+		}
+		if objs, temps := files(t, dir); len(objs) != 19 || len(temps) != 0 {
+			t.Errorf("%d objects and temporaries %v on disk", len(objs), temps)
+		}
+		if err := c.PutVerifiedBatch(ds[:2], bs); err == nil {
+			t.Error("a batch of 2 digests for 20 objects: no error")
+		}
 	}
 }

@@ -144,6 +144,19 @@ func TestCrashChild(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, uint64(g)))
 			for {
 				b, d := chunk(r.Uint64(), 1+r.IntN(512<<10))
+				if seed%4 >= 2 {
+					// A batch of small objects, with one flush.
+					var ds []digest.Digest
+					var bs [][]byte
+					for range 8 {
+						b, d := chunk(r.Uint64(), 1+r.IntN(16<<10))
+						ds, bs = append(ds, d), append(bs, b)
+					}
+					if err := c.PutVerifiedBatch(ds, bs); err != nil {
+						t.Errorf("PutVerifiedBatch: %v", err)
+						return
+					}
+				}
 				if err := c.Put(d, b); err != nil {
 					t.Errorf("Put: %v", err)
 					return

@@ -26,7 +26,7 @@ const (
 // the page cache, which on a cold read of a large file costs a CPU-second
 // per half gigabyte or more when the kernel hands out pages it has not
 // touched before. The object is synced before its rename either way
-// (writeFile), so atomicity does not depend on the mode. A filesystem that
+// (store, PutVerifiedBatch), so atomicity does not depend on the mode. A filesystem that
 // refuses O_DIRECT is written through the page cache from then on.
 func (c *Cache) writeBytes(f *os.File, b []byte) error {
 	n := len(b) &^ (directAlign - 1)

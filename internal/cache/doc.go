@@ -22,6 +22,9 @@
 // object's directory, is synced, and is renamed to its final name, so a
 // crash at any moment leaves either the whole object or no object under a
 // final name; temporary files left by a crash are removed at the next Open.
+// PutVerifiedBatch writes several objects to temporary files, flushes the
+// filesystem once (syncfs) and only then renames them, which keeps that
+// guarantee at the cost of one flush instead of one per object.
 // The fan-out directory is not synced after the rename: after a power loss
 // the rename may be lost, which costs a miss, never a wrong byte.
 // The bulk of a large object (1 MiB or more) is written with O_DIRECT,

@@ -281,6 +281,22 @@ func (s *Scheduler) put(d digest.Digest, b []byte) error {
 	return s.store.Put(d, b)
 }
 
+// putAll stores verified chunks, the bytes bs[i] under ds[i]: in one batch
+// when the store can write several with one flush (the chunks of a member
+// of small files are stored about as fast as one), else one at a time.
+func (s *Scheduler) putAll(ds []digest.Digest, bs [][]byte) error {
+	if p, ok := s.store.(interface {
+		PutVerifiedBatch([]digest.Digest, [][]byte) error
+	}); ok && len(ds) > 1 {
+		return p.PutVerifiedBatch(ds, bs)
+	}
+	var errs []error
+	for i, d := range ds {
+		errs = append(errs, s.put(d, bs[i]))
+	}
+	return errors.Join(errs...)
+}
+
 // Close stops the workers; reads waiting for fetches fail with ErrClosed.
 func (s *Scheduler) Close() error {
 	s.mu.Lock()

@@ -632,12 +632,16 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 				break
 			}
 			first, n := l.chunksOf(m)
+			var ds []digest.Digest
+			var bs [][]byte
 			for k := range n {
 				if c := &l.chunks[l.t.at(first+k)]; c.HasDigest() {
-					if err := l.s.put(c.digest(), d[k]); err != nil {
-						l.s.log.Warn("storing chunk", "digest", c.digest(), "err", err)
-					}
+					ds = append(ds, c.digest())
+					bs = append(bs, d[k])
 				}
+			}
+			if err := l.s.putAll(ds, bs); err != nil {
+				l.s.log.Warn("storing chunks", "member", l.members[m].off, "err", err)
 			}
 		}
 		l.mu.Lock()
