@@ -184,6 +184,9 @@ type Scheduler struct {
 	queues     [3][]*job
 	lastDemand atomic.Int64 // unix nanoseconds of the last on-demand read
 	bgRunning  int
+	running    int          // jobs taken by workers and not yet run
+	storing    atomic.Int64 // jobs whose chunks wait for the store writers
+	finished   uint64       // jobs run
 	wakeTimer  *time.Timer
 	closed     bool
 }
@@ -263,7 +266,9 @@ func (s *Scheduler) storeAsync(n int64, w func()) {
 	}
 	n = min(n, storeQueueBytes)
 	_ = s.queued.Acquire(context.Background(), n) // fails only with its context
+	s.storing.Add(1)
 	s.writes <- func() {
+		defer s.storing.Add(-1)
 		defer s.queued.Release(n)
 		w()
 	}
@@ -440,6 +445,7 @@ func (s *Scheduler) next() *job {
 			s.queues[p][0] = nil
 			s.queues[p] = s.queues[p][1:]
 			j.taken = true
+			s.running++
 			return j
 		}
 		s.cond.Wait()
@@ -465,13 +471,27 @@ func (s *Scheduler) worker() {
 		if j == nil {
 			return
 		}
-		bg := j.prio == Background
 		j.l.run(s.ctx, j)
-		if bg {
-			s.mu.Lock()
+		s.mu.Lock()
+		s.running--
+		s.finished++
+		if j.prio == Background {
 			s.bgRunning--
 			s.cond.Broadcast()
-			s.mu.Unlock()
 		}
+		s.mu.Unlock()
 	}
+}
+
+// Activity reports whether any job is queued, running or being stored, and how many
+// jobs have run so far: a long-lived process can tell from it when a
+// burst of fetching has ended (and, say, return memory to the system).
+func (s *Scheduler) Activity() (busy bool, finished uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	busy = s.running > 0 || s.storing.Load() > 0
+	for _, q := range s.queues {
+		busy = busy || len(q) > 0
+	}
+	return busy, s.finished
 }

@@ -337,16 +337,28 @@ func (l *Layer) landed(m int) *flight {
 // rather than split in two.
 const maxGap = 32 << 10
 
+// backgroundRequest bounds the compressed bytes of a prefetch or
+// background request. Nobody waits on those, so large requests buy
+// little, while a job's chunks are all held in memory until they are
+// stored: 32 MiB of compressed small text files decode to about 100 MB.
+const backgroundRequest = 8 << 20
+
 // plan groups members (sorted) into range requests: adjacent members (or
-// ones separated by a small gap) share a request up to the size limit.
+// ones separated by a small gap) share a request up to the size limit,
+// which is smaller for prefetch and background jobs (see
+// backgroundRequest).
 func (l *Layer) plan(ms []int, prio Priority) []*job {
 	var jobs []*job
 	var cur *job
 	var curStart, curEnd int64
+	limit := l.s.maxRequest
+	if prio != Demand {
+		limit = min(limit, backgroundRequest)
+	}
 	for _, m := range ms {
 		mb := &l.members[m]
 		mEnd := mb.off + int64(mb.clen)
-		if cur != nil && mb.off >= curEnd && mb.off-curEnd <= maxGap && mEnd-curStart <= l.s.maxRequest {
+		if cur != nil && mb.off >= curEnd && mb.off-curEnd <= maxGap && mEnd-curStart <= limit {
 			cur.members = append(cur.members, m)
 			curEnd = mEnd
 			continue

@@ -249,3 +249,30 @@ func TestCloseDropsQueuedStores(t *testing.T) {
 		t.Errorf("%d of %d chunks stored after the layer was closed", n, all)
 	}
 }
+
+// TestActivity: the scheduler reports a burst of fetching while it runs
+// and stores it, and its end.
+func TestActivity(t *testing.T) {
+	b, _ := oneBigFile(t)
+	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(time.Millisecond))
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	if busy, n := s.Activity(); busy || n != 0 {
+		t.Fatalf("before any fetch: busy %v, %d jobs run", busy, n)
+	}
+	l.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		busy, n := s.Activity()
+		if !busy && n > 0 && l.Missing() == 0 {
+			break
+		}
+		if !busy && l.Missing() > 0 && n > 0 {
+			t.Fatalf("not busy after %d jobs with %d members missing", n, l.Missing())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("busy %v, %d jobs run, %d members missing after 10 s", busy, n, l.Missing())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -172,6 +172,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	tick := time.NewTicker(min(s.cfg.idleExit/4, 250*time.Millisecond))
 	defer tick.Stop()
 	var idleSince time.Time
+	var ret memReturner
 	var err error
 loop:
 	for {
@@ -182,6 +183,7 @@ loop:
 		case err = <-served:
 			break loop
 		case now := <-tick.C:
+			ret.tick(now, s.sched)
 			s.mu.Lock()
 			idle := len(s.mounts) == 0 && len(s.pending) == 0
 			if idle && !idleSince.IsZero() && now.Sub(idleSince) >= s.cfg.idleExit {
@@ -209,6 +211,33 @@ loop:
 		err = nil
 	}
 	return err
+}
+
+// memReturner gives memory back to the system after a burst of fetching.
+// A background fetch holds up to a few tens of megabytes of chunks at a
+// time, and the Go runtime keeps the heap it grew to (twice what was
+// live, several hundred megabytes) long after the fetching is done, since
+// an idle server allocates nothing that would start a collection.
+type memReturner struct {
+	seen       uint64    // jobs finished when memory was last returned
+	quietSince time.Time // since when no job has run, if some ran since
+}
+
+// memQuiet is how long fetching must have stopped before memory is
+// returned, so that a series of reads costs one collection, not one each.
+const memQuiet = 2 * time.Second
+
+func (r *memReturner) tick(now time.Time, sched *fetch.Scheduler) {
+	busy, finished := sched.Activity()
+	switch {
+	case busy || finished == r.seen:
+		r.quietSince = time.Time{}
+	case r.quietSince.IsZero():
+		r.quietSince = now
+	case now.Sub(r.quietSince) >= memQuiet:
+		debug.FreeOSMemory()
+		r.seen, r.quietSince = finished, time.Time{}
+	}
 }
 
 // Close unmounts what is left, stops the scheduler and closes the cache.
