@@ -24,18 +24,8 @@ func (d *ChunkDecoder) DecodeChunks(kind Kind, src []byte, cs []Chunk, dsts [][]
 		return fmt.Errorf("%w: member at %d: %d compressed bytes, want [%d, %d)", ErrFormat, off, len(src), off, end)
 	}
 	src = src[:end-off]
-	var pos int64
-	for i, c := range cs {
-		if c.Offset != off || c.End != end {
-			return fmt.Errorf("format: chunks of different members (%d, %d) decoded together", off, c.Offset)
-		}
-		if int64(len(dsts[i])) != c.Size {
-			return fmt.Errorf("format: chunk of %d bytes decoded into a buffer of %d", c.Size, len(dsts[i]))
-		}
-		if c.InnerOffset < pos {
-			return fmt.Errorf("%w: member at %d: chunks overlap or are out of order", ErrFormat, off)
-		}
-		pos = c.InnerOffset + c.Size
+	if err := checkMember(cs, dsts); err != nil {
+		return err
 	}
 	var err error
 	switch kind {
