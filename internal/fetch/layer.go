@@ -337,6 +337,10 @@ func (l *Layer) landed(m int) *flight {
 // rather than split in two.
 const maxGap = 32 << 10
 
+// storeBatch bounds the bytes of chunks stored with one flush of the
+// filesystem.
+const storeBatch = 16 << 20
+
 // backgroundRequest bounds the compressed bytes of a prefetch or
 // background request. Nobody waits on those, so large requests buy
 // little, while a job's chunks are all held in memory until they are
@@ -631,31 +635,44 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		store = func(_ int64, w func()) { w() }
 	}
 	store(size, func() {
+		// The job's chunks are stored in batches of up to storeBatch
+		// bytes, one filesystem flush each (putAll). A closed layer's
+		// prefetched and background chunks are dropped rather than
+		// stored: a queue of small ones would keep a server whose images
+		// are gone writing for tens of seconds.
+		dropped := func() bool { return j.prio != Demand && l.closed.Load() }
+		var ds []digest.Digest
+		var bs [][]byte
+		var batch int64
+		flush := func() {
+			if len(ds) > 0 && !dropped() {
+				if err := l.s.putAll(ds, bs); err != nil {
+					l.s.log.Warn("storing chunks", "chunks", len(ds), "err", err)
+				}
+			}
+			ds, bs, batch = ds[:0], bs[:0], 0
+		}
 		for _, m := range j.members {
 			d, ok := data[m]
 			if !ok {
 				continue
 			}
-			// A closed layer's prefetched and background chunks are
-			// dropped rather than stored: each chunk is a synced file,
-			// and a queue of small ones would keep a server whose
-			// images are gone writing for tens of seconds.
-			if j.prio != Demand && l.closed.Load() {
+			if dropped() {
 				break
 			}
 			first, n := l.chunksOf(m)
-			var ds []digest.Digest
-			var bs [][]byte
 			for k := range n {
 				if c := &l.chunks[l.t.at(first+k)]; c.HasDigest() {
 					ds = append(ds, c.digest())
 					bs = append(bs, d[k])
+					batch += int64(len(d[k]))
 				}
 			}
-			if err := l.s.putAll(ds, bs); err != nil {
-				l.s.log.Warn("storing chunks", "member", l.members[m].off, "err", err)
+			if batch >= storeBatch {
+				flush()
 			}
 		}
+		flush()
 		l.mu.Lock()
 		for i, m := range j.members {
 			if l.flights[m] == flights[i] {
