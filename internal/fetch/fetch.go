@@ -288,8 +288,9 @@ func (s *Scheduler) put(d digest.Digest, b []byte) error {
 
 // putAll stores verified chunks, the bytes bs[i] under ds[i]: in one batch
 // when the store can write several with one flush (the chunks of a member
-// of small files are stored about as fast as one), else one at a time.
-func (s *Scheduler) putAll(ds []digest.Digest, bs [][]byte) error {
+// of small files are stored about as fast as one), else one at a time
+// until stop says to stop.
+func (s *Scheduler) putAll(ds []digest.Digest, bs [][]byte, stop func() bool) error {
 	if p, ok := s.store.(interface {
 		PutVerifiedBatch([]digest.Digest, [][]byte) error
 	}); ok && len(ds) > 1 {
@@ -297,6 +298,9 @@ func (s *Scheduler) putAll(ds []digest.Digest, bs [][]byte) error {
 	}
 	var errs []error
 	for i, d := range ds {
+		if stop() {
+			break
+		}
 		errs = append(errs, s.put(d, bs[i]))
 	}
 	return errors.Join(errs...)

@@ -646,7 +646,7 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		var batch int64
 		flush := func() {
 			if len(ds) > 0 && !dropped() {
-				if err := l.s.putAll(ds, bs); err != nil {
+				if err := l.s.putAll(ds, bs, dropped); err != nil {
 					l.s.log.Warn("storing chunks", "chunks", len(ds), "err", err)
 				}
 			}
