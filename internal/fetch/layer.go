@@ -526,14 +526,22 @@ func (l *Layer) land(j *job, m int, chunks [][]byte) {
 	f := l.flights[m]
 	l.mu.Unlock()
 	f.data = chunks
-	if j.prio == Demand {
-		first, n := l.chunksOf(m)
-		for k := range n {
-			l.s.mem.put(l, l.t.at(first+k), chunks[k])
-		}
-	}
+	l.remember(j, m, chunks)
 	f.landed = true
 	close(f.done)
+}
+
+// remember keeps the chunks of member m, fetched by job j, in the memory
+// cache if readers asked for them: prefetched and background chunks go to
+// the store alone, rather than push out chunks being read.
+func (l *Layer) remember(j *job, m int, chunks [][]byte) {
+	if j.prio != Demand {
+		return
+	}
+	first, n := l.chunksOf(m)
+	for k := range n {
+		l.s.mem.put(l, l.t.at(first+k), chunks[k])
+	}
 }
 
 func (l *Layer) decode(m int, src []byte) ([][]byte, error) {
@@ -603,15 +611,7 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 		}
 		if d, ok := data[m]; ok {
 			f.data = d
-			// Only what readers asked for goes to the memory cache:
-			// prefetched and background chunks go to the store alone,
-			// rather than push out chunks being read.
-			if j.prio == Demand {
-				first, n := l.chunksOf(m)
-				for k := range n {
-					l.s.mem.put(l, l.t.at(first+k), d[k])
-				}
-			}
+			l.remember(j, m, d)
 		} else {
 			f.err = err
 			if f.err == nil {
