@@ -335,6 +335,24 @@ func (c *Cache) PutVerifiedBatch(ds []digest.Digest, bs [][]byte) error {
 	now := time.Now().UnixNano()
 	var errs []error
 	var ws []write
+	// land flushes the filesystem and puts the objects written so far in
+	// place.
+	land := func() {
+		var flushErr error
+		if c.sync && len(ws) > 0 {
+			flushErr = c.syncfs()
+		}
+		for _, w := range ws {
+			err := flushErr
+			if err == nil {
+				err = c.rename(w.k, w.tmp)
+			} else {
+				os.Remove(w.tmp)
+			}
+			errs = append(errs, c.commit(w.d, w.k, w.size, now, err))
+		}
+		ws = ws[:0]
+	}
 	for i, d := range ds {
 		k, err := parseDigest(d)
 		if err != nil {
@@ -344,6 +362,13 @@ func (c *Cache) PutVerifiedBatch(ds []digest.Digest, bs [][]byte) error {
 		b := bs[i]
 		size := int64(len(b))
 		done, err := c.begin(d, k, size)
+		if errors.Is(err, ErrTooLarge) && len(ws) > 0 && size <= c.maxSize {
+			// The room under the cap is held by this batch's own
+			// objects, which eviction cannot reach before they are in
+			// place: put them there first, as single Puts would have.
+			land()
+			done, err = c.begin(d, k, size)
+		}
 		if done || err != nil {
 			errs = append(errs, err)
 			continue
@@ -355,19 +380,7 @@ func (c *Cache) PutVerifiedBatch(ds []digest.Digest, bs [][]byte) error {
 		}
 		ws = append(ws, write{d, k, size, tmp})
 	}
-	var flushErr error
-	if c.sync && len(ws) > 0 {
-		flushErr = c.syncfs()
-	}
-	for _, w := range ws {
-		err := flushErr
-		if err == nil {
-			err = c.rename(w.k, w.tmp)
-		} else {
-			os.Remove(w.tmp)
-		}
-		errs = append(errs, c.commit(w.d, w.k, w.size, now, err))
-	}
+	land()
 	return errors.Join(errs...)
 }
 

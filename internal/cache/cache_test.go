@@ -775,3 +775,25 @@ func TestPutVerifiedBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestPutVerifiedBatchOverCap: a batch larger than the cache's cap is
+// stored as single Puts would store it: the latest objects stay, under the
+// cap, and none is refused.
+func TestPutVerifiedBatchOverCap(t *testing.T) {
+	c := open(t, t.TempDir(), WithMaxSize(64<<10))
+	var ds []digest.Digest
+	var bs [][]byte
+	for i := range 10 {
+		b, d := chunk(uint64(i), 20<<10)
+		ds, bs = append(ds, d), append(bs, b)
+	}
+	if err := c.PutVerifiedBatch(ds, bs); err != nil {
+		t.Fatalf("a batch of 200 KiB under a cap of 64 KiB: %v", err)
+	}
+	for i := 7; i < 10; i++ {
+		mustGet(t, c, ds[i], bs[i])
+	}
+	if s := c.Stats(); s.Entries != 3 || s.Bytes > 64<<10 {
+		t.Errorf("Stats = %+v, want the last 3 objects", s)
+	}
+}
