@@ -128,12 +128,7 @@ prepare() {
 		mv "$input.tmp" "$input"
 		mv "$input.sha256.tmp" "$input.sha256"
 	fi
-	if [[ ! -s $src/index.json ]]; then
-		log "writing $src (gzip -1 layer)"
-		rm -rf "$src.tmp"
-		"$work/mkoci" -tar "$input" -out "$src.tmp" -tag latest -level 1 -cmd true >/dev/null
-		mv "$src.tmp" "$src"
-	fi
+	make_layout "$input" "$src" 1
 	fill_registry "$storage" "$src" "$repo"
 }
 

@@ -220,12 +220,7 @@ prepare() {
 		tar -xf "$input" -C "$tree" --numeric-owner
 		touch "$tree.done"
 	fi
-	if [[ ! -s $src/index.json ]]; then
-		log "writing $src (gzip -6 layer)"
-		rm -rf "$src.tmp"
-		"$work/mkoci" -tar "$input" -out "$src.tmp" -tag latest -level 6 -cmd true >/dev/null
-		mv "$src.tmp" "$src"
-	fi
+	make_layout "$input" "$src" 6
 	fill_registry "$storage" "$src" "$repo"
 }
 

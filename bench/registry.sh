@@ -58,6 +58,17 @@ start_registry() {
 	exit 1
 }
 
+# make_layout TAR SRC LEVEL: once, an OCI layout SRC (tag latest) of one
+# layer, TAR compressed with gzip -LEVEL, by $work/mkoci.
+make_layout() {
+	local tar=$1 src=$2 level=$3
+	[[ -s $src/index.json ]] && return
+	echo "==> writing $src (gzip -$level layer)" >&2
+	rm -rf "$src.tmp"
+	"$work/mkoci" -tar "$tar" -out "$src.tmp" -tag latest -level "$level" -cmd true >/dev/null
+	mv "$src.tmp" "$src"
+}
+
 # fill_registry STORAGE SRC REPO: once (STORAGE.done records it), converts
 # the OCI layout SRC (tag latest) with $work/nibble into a registry whose
 # storage is STORAGE, as REPO:latest; the registry is left running ($reg).
