@@ -35,7 +35,7 @@ func BenchmarkColdRead(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s := newScheduler(b, c)
+				s := fetchtest.Scheduler(b, c)
 				l := open(b, s, &fetchtest.MemSource{Blob: bl.blob}, bl.desc)
 				id, _ := l.Index.LookupPath("big")
 				b.StartTimer()
@@ -77,8 +77,8 @@ func BenchmarkOpen(b *testing.B) {
 		b.Fatal(err)
 	}
 	bl := buildLayer(b, src)
-	c := newCache(b)
-	s := newScheduler(b, c)
+	c := fetchtest.Cache(b)
+	s := fetchtest.Scheduler(b, c)
 	ms := &fetchtest.MemSource{Blob: bl.blob}
 	l := open(b, s, ms, bl.desc)
 	entries := float64(l.Index.Len())

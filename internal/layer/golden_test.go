@@ -213,7 +213,7 @@ func TestIndexGolden(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.b(t)
-			s := newScheduler(t, newCache(t))
+			s := fetchtest.Scheduler(t, fetchtest.Cache(t))
 			l := open(t, s, &fetchtest.MemSource{Blob: b.blob}, b.desc)
 			got := dumpIndex(l)
 			file := filepath.Join("testdata", "index", tt.name+".txt")
@@ -277,7 +277,7 @@ func TestIndexManyPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := buildLayer(t, src)
-	l := open(t, newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
+	l := open(t, fetchtest.Scheduler(t, fetchtest.Cache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
 	x := l.Index
 	top, ok := x.LookupPath("top")
 	if !ok || x.NumChildren(top) != dirs {
@@ -347,7 +347,7 @@ func TestOpenRefusesHostileTOC(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := handLayer(t, tt.entries)
-			s := newScheduler(t, newCache(t))
+			s := fetchtest.Scheduler(t, fetchtest.Cache(t))
 			_, err := layer.Open(t.Context(), s, &fetchtest.MemSource{Blob: b.blob}, b.desc, tt.opts...)
 			if !errors.Is(err, tt.err) || !strings.Contains(fmt.Sprint(err), b.desc.Digest.String()) {
 				t.Fatalf("got %v, want %v naming the layer", err, tt.err)
@@ -355,7 +355,7 @@ func TestOpenRefusesHostileTOC(t *testing.T) {
 		})
 	}
 	b := handLayer(t, ok)
-	if _, err := layer.Open(t.Context(), newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc); err != nil {
+	if _, err := layer.Open(t.Context(), fetchtest.Scheduler(t, fetchtest.Cache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc); err != nil {
 		t.Fatalf("the same TOC without the hostile entry: %v", err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 
-	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
@@ -39,26 +38,6 @@ func buildLayer(t testing.TB, src []byte, opts ...format.Option) built {
 		t.Fatal(err)
 	}
 	return built{blob: out.Bytes(), desc: layer.Desc{Digest: res.Digest, Size: res.Size, Annotations: res.Annotations}}
-}
-
-func newCache(t testing.TB) *cache.Cache {
-	t.Helper()
-	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func newScheduler(t testing.TB, store fetch.Store, opts ...fetch.Option) *fetch.Scheduler {
-	t.Helper()
-	s, err := fetch.New(store, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
 }
 
 func open(t testing.TB, s *fetch.Scheduler, src fetch.Source, d layer.Desc, opts ...layer.Option) *layer.Layer {
@@ -101,7 +80,7 @@ func TestIndexMatchesTar(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := buildLayer(t, src, tt.opts...)
-			s := newScheduler(t, newCache(t))
+			s := fetchtest.Scheduler(t, fetchtest.Cache(t))
 			l := open(t, s, &fetchtest.MemSource{Blob: b.blob}, b.desc)
 			x := l.Index
 			links := map[string]string{} // hard link name → target
@@ -235,8 +214,8 @@ func manyFiles(t testing.TB, n int) ([]byte, map[string][]byte) {
 func TestConcurrentReadersFetchOnce(t *testing.T) {
 	src, files := manyFiles(t, 200)
 	b := buildLayer(t, src, format.WithChunkSize(64<<10))
-	store := newCache(t)
-	s := newScheduler(t, store, fetch.WithReadAhead(0))
+	store := fetchtest.Cache(t)
+	s := fetchtest.Scheduler(t, store, fetch.WithReadAhead(0))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	ms.Reset()
@@ -306,7 +285,7 @@ func TestSequentialReadAheadMergesMembers(t *testing.T) {
 	b := buildLayer(t, src, format.WithChunkSize(64<<10))
 	// Requests of several members (tartest's random data compresses
 	// about 2:1), and read-ahead of 16 chunks.
-	s := newScheduler(t, newCache(t), fetch.WithMaxRequest(480<<10), fetch.WithReadAhead(1<<20))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithMaxRequest(480<<10), fetch.WithReadAhead(1<<20))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	ms.Reset()
@@ -364,7 +343,7 @@ func TestCorruptionIsRetriedNeverServed(t *testing.T) {
 		{"always", func(int) bool { return true }, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newScheduler(t, newCache(t), fetch.WithReadAhead(0))
+			s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithReadAhead(0))
 			ms := &fetchtest.MemSource{Blob: b.blob}
 			l := open(t, s, ms, b.desc)
 			var mu sync.Mutex
@@ -404,7 +383,7 @@ func TestCorruptionIsRetriedNeverServed(t *testing.T) {
 func TestOpenRefuses(t *testing.T) {
 	src, _ := manyFiles(t, 10)
 	b := buildLayer(t, src)
-	s := newScheduler(t, newCache(t))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 
 	bad := b.desc
@@ -436,8 +415,8 @@ func TestOpenRefuses(t *testing.T) {
 func TestBackgroundWaitsForQuiet(t *testing.T) {
 	src, _ := manyFiles(t, 100)
 	b := buildLayer(t, src)
-	store := newCache(t)
-	s := newScheduler(t, store, fetch.WithQuietPeriod(300*time.Millisecond))
+	store := fetchtest.Cache(t)
+	s := fetchtest.Scheduler(t, store, fetch.WithQuietPeriod(300*time.Millisecond))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	id, _ := l.Index.LookupPath("d/f0001")
@@ -462,7 +441,7 @@ func TestBackgroundWaitsForQuiet(t *testing.T) {
 func TestCloseDropsQueuedFetches(t *testing.T) {
 	src, _ := manyFiles(t, 100)
 	b := buildLayer(t, src)
-	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(200*time.Millisecond))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithQuietPeriod(200*time.Millisecond))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	ms.Reset()
@@ -483,7 +462,7 @@ func TestCloseDropsQueuedFetches(t *testing.T) {
 func TestDemandSplitsBackgroundJob(t *testing.T) {
 	src, files := manyFiles(t, 300)
 	b := buildLayer(t, src)
-	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(time.Hour), fetch.WithReadAhead(0))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithQuietPeriod(time.Hour), fetch.WithReadAhead(0))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	l.Background()
@@ -529,7 +508,7 @@ func TestSharedAttributes(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := buildLayer(t, src)
-	l := open(t, newScheduler(t, newCache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
+	l := open(t, fetchtest.Scheduler(t, fetchtest.Cache(t)), &fetchtest.MemSource{Blob: b.blob}, b.desc)
 	for name, e := range tartest.Latest(want) {
 		if name == "" {
 			continue

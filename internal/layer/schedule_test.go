@@ -85,7 +85,7 @@ func TestReadMergesMisses(t *testing.T) {
 		{100 << 10, 16}, // one member each
 	} {
 		t.Run(fmt.Sprint(tc.maxRequest), func(t *testing.T) {
-			s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithMaxRequest(tc.maxRequest))
+			s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithReadAhead(0), fetch.WithMaxRequest(tc.maxRequest))
 			ms := &fetchtest.MemSource{Blob: b.blob}
 			l := open(t, s, ms, b.desc)
 			ms.Reset()
@@ -119,7 +119,7 @@ func TestReadMergesMisses(t *testing.T) {
 // chunks after it up to the read-ahead budget, and no further.
 func TestReadAheadWithinFile(t *testing.T) {
 	b, data := oneBigFile(t)
-	s := newScheduler(t, newCache(t), fetch.WithReadAhead(256<<10), fetch.WithQuietPeriod(time.Hour))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithReadAhead(256<<10), fetch.WithQuietPeriod(time.Hour))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	id, _ := l.Index.LookupPath("big")
@@ -147,7 +147,7 @@ func TestReadAheadWithinFile(t *testing.T) {
 func TestSharedMemberServesSiblings(t *testing.T) {
 	src, files := manyFiles(t, 40) // d/f0001 to d/f0039 fit in one 256 KiB member
 	b := buildLayer(t, src, format.WithNoPrefetch())
-	s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	all := l.Missing()
@@ -175,7 +175,7 @@ func TestPrefetchFetchesListedFiles(t *testing.T) {
 	src, files := manyFiles(t, 300)
 	listed := []string{"d/f0240", "d/f0007", "d/f0123"}
 	b := buildLayer(t, src, format.WithPrefetch(listed))
-	s := newScheduler(t, newCache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithReadAhead(0), fetch.WithQuietPeriod(time.Hour))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	all := l.Missing()
@@ -217,7 +217,7 @@ func (s *slowStore) Put(d digest.Digest, b []byte) error {
 func TestCloseDropsQueuedStores(t *testing.T) {
 	src, files := manyFiles(t, 1000) // about 15 members of small files, 25 large files
 	b := buildLayer(t, src, format.WithNoPrefetch())
-	store := &slowStore{Store: newCache(t), gate: make(chan struct{})}
+	store := &slowStore{Store: fetchtest.Cache(t), gate: make(chan struct{})}
 	s, err := fetch.New(store, fetch.WithQuietPeriod(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +254,7 @@ func TestCloseDropsQueuedStores(t *testing.T) {
 // and stores it, and its end.
 func TestActivity(t *testing.T) {
 	b, _ := oneBigFile(t)
-	s := newScheduler(t, newCache(t), fetch.WithQuietPeriod(time.Millisecond))
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t), fetch.WithQuietPeriod(time.Millisecond))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	if busy, n := s.Activity(); busy || n != 0 {

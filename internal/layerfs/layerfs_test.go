@@ -16,8 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"nibble.dev/nibble/internal/cache"
-	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/layer"
@@ -37,16 +35,7 @@ func mountTar(t *testing.T, src []byte, opts ...format.Option) (string, *layer.L
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	s, err := fetch.New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := fetchtest.Scheduler(t, fetchtest.Cache(t))
 	l, err := layer.Open(context.Background(), s, &fetchtest.MemSource{Blob: out.Bytes()},
 		layer.Desc{Digest: res.Digest, Size: res.Size, Annotations: res.Annotations})
 	if err != nil {

@@ -17,8 +17,6 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
-	"nibble.dev/nibble/internal/cache"
-	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
 	"nibble.dev/nibble/internal/mount"
@@ -33,21 +31,6 @@ func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		registrytest.SkipOrFatal(t, "mounting needs root")
 	}
-}
-
-func newScheduler(t *testing.T) *fetch.Scheduler {
-	t.Helper()
-	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	s, err := fetch.New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
 }
 
 // blobs is an image held in memory: mount.OpenImage's source.
@@ -86,7 +69,7 @@ func compose(t *testing.T, b *blobs, opts ...mount.Option) (*mount.Mount, *mount
 	t.Helper()
 	needRoot(t)
 	root := t.TempDir()
-	im, err := mount.OpenImage(context.Background(), newScheduler(t), b, filepath.Join(root, "blobs"))
+	im, err := mount.OpenImage(context.Background(), fetchtest.Scheduler(t, fetchtest.Cache(t)), b, filepath.Join(root, "blobs"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +259,7 @@ func TestOpenImageRefuses(t *testing.T) {
 		{"tar.gz with other bytes", bad, mount.ErrDigest, "layer 1 of 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := mount.OpenImage(context.Background(), newScheduler(t), tc.b, t.TempDir())
+			_, err := mount.OpenImage(context.Background(), fetchtest.Scheduler(t, fetchtest.Cache(t)), tc.b, t.TempDir())
 			if err == nil || tc.is != nil && !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("OpenImage: %v; want an error wrapping %v with %q", err, tc.is, tc.want)
 			}

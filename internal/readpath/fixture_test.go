@@ -21,6 +21,7 @@ import (
 
 	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
+	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/image"
 	"nibble.dev/nibble/internal/imageref"
 	"nibble.dev/nibble/internal/linkproxy"
@@ -238,16 +239,8 @@ func openStack(ctx context.Context, t *testing.T, ref string, ropts ...remote.Op
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.Open(t.TempDir(), cache.WithoutSync())
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { c.Close() })
-	s, err := fetch.New(c)
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { s.Close() })
+	c := fetchtest.Cache(t)
+	s := fetchtest.Scheduler(t, c)
 	im, err := image.Open(ctx, s, ri)
 	if err != nil {
 		return nil, err

@@ -1,5 +1,6 @@
 // Package fetchtest holds parts for tests of the read path: a blob source
-// over bytes in memory that counts and can corrupt what it serves.
+// over bytes in memory that counts and can corrupt what it serves, and a
+// chunk cache and scheduler that a test closes when it ends.
 package fetchtest
 
 import (
