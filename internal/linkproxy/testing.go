@@ -2,7 +2,9 @@ package linkproxy
 
 import (
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // ForTest starts a proxy in front of target for the test tb, failing it
@@ -55,4 +57,59 @@ func BlobGets(p *Proxy) int {
 		}
 	}
 	return n
+}
+
+// CheckReads reads every file of names with read, eight at a time in the
+// order given, compares each digest with want's, and fails tb if any file
+// is read with wrong bytes or fewer than 90% are read correctly (the pass
+// criteria of a read through faults that retries can mend). It logs the
+// tally and the first failures, and returns the number read correctly.
+func CheckReads(tb testing.TB, names []string, want func(name string) string, read func(name string) (string, error)) int {
+	tb.Helper()
+	var (
+		mu            sync.Mutex
+		correct       int
+		wrong, failed []string
+		firstErr      error
+		work          = make(chan string)
+		wg            sync.WaitGroup
+		start         = time.Now()
+	)
+	for range 8 {
+		wg.Go(func() {
+			for name := range work {
+				sum, err := read(name)
+				mu.Lock()
+				switch {
+				case err != nil:
+					failed = append(failed, name)
+					if firstErr == nil {
+						firstErr = err
+					}
+				case sum != want(name):
+					wrong = append(wrong, name)
+				default:
+					correct++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, n := range names {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+	tb.Logf("%d files read in %v: %d correct (%.1f%%), %d wrong, %d errors",
+		len(names), time.Since(start).Round(time.Millisecond), correct, 100*float64(correct)/float64(max(len(names), 1)), len(wrong), len(failed))
+	if len(failed) > 0 {
+		tb.Logf("files that failed: %q; first error: %v", failed[:min(len(failed), 10)], firstErr)
+	}
+	if len(wrong) > 0 {
+		tb.Errorf("%d files read with wrong bytes: %q", len(wrong), wrong[:min(len(wrong), 10)])
+	}
+	if correct*10 < len(names)*9 {
+		tb.Errorf("only %d of %d files read correctly (want at least 90%%); first error: %v", correct, len(names), firstErr)
+	}
+	return correct
 }
