@@ -416,15 +416,21 @@ func TestBackgroundWaitsForQuiet(t *testing.T) {
 	src, _ := manyFiles(t, 100)
 	b := buildLayer(t, src)
 	store := fetchtest.Cache(t)
-	s := fetchtest.Scheduler(t, store, fetch.WithQuietPeriod(300*time.Millisecond))
+	const quiet = time.Second
+	s := fetchtest.Scheduler(t, store, fetch.WithQuietPeriod(quiet))
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	id, _ := l.Index.LookupPath("d/f0001")
 	readFile(t, l, id)
+	read := time.Now()
 	ms.Reset()
 	l.Background()
-	time.Sleep(100 * time.Millisecond)
-	if n := len(ms.Requests()); n != 0 {
+	time.Sleep(quiet / 4)
+	n := len(ms.Requests())
+	if since := time.Since(read); since >= quiet {
+		t.Fatalf("the check came %s after the read, not within the quiet period of %s", since, quiet)
+	}
+	if n != 0 {
 		t.Fatalf("background fetch made %d requests during the quiet period", n)
 	}
 	deadline := time.Now().Add(10 * time.Second)
