@@ -55,24 +55,19 @@ func TestMount(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stdout, stderr, err = run(t, bin, env, "status", "--json", dir)
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, stderr)
-	}
-	var st server.Status
-	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, stdout)
-	}
+	st := status(t, bin, env, dir)
 	pid = st.PID
 	if len(st.Mounts) != 1 || len(st.Mounts[0].Layers) != 3 || st.Root != root {
-		t.Fatalf("status: %s", stdout)
+		t.Fatalf("status: %+v", st)
 	}
 	m := st.Mounts[0]
-	if m.Dir != dir || m.Ref != ref || m.FetchedBytes <= 0 || m.FetchedBytes >= m.TotalBytes {
-		t.Errorf("after reading one file: %s", stdout)
+	if m.Dir != dir || m.Ref != ref || m.FetchedBytes <= 0 || m.FetchedBytes >= m.TotalBytes || m.Complete {
+		t.Errorf("after reading one file: %+v", m)
 	}
+	// Layer 1 is local, so complete; layer 0 is lazy and mostly unread;
+	// layer 2 is one small member, complete or not.
 	for i, l := range m.Layers {
-		if l.Lazy != (i != 1) || !strings.HasPrefix(l.Digest, "sha256:") || l.TotalBytes <= 0 {
+		if l.Lazy != (i != 1) || (i < 2 && l.Complete != !l.Lazy) || !strings.HasPrefix(l.Digest, "sha256:") || l.TotalBytes <= 0 {
 			t.Errorf("layer %d: %+v", i, l)
 		}
 	}
@@ -102,6 +97,29 @@ func TestMount(t *testing.T) {
 	}
 
 	mounttest.Compare(t, dir, tars)
+	// Compare read every file of the merged view; the top layer's files
+	// are all in it, the bottom layer's not (later layers hide some).
+	if m := status(t, bin, env, dir).Mounts[0]; m.Complete || m.Layers[0].Complete || !m.Layers[2].Complete {
+		t.Errorf("after reading every file: %+v", m)
+	}
+	// A second mount of the image, fetching in the background, completes
+	// it; the first mount's layers share the node's cache.
+	if _, stderr, err := run(t, bin, env, "mount", ref, dir2); err != nil {
+		t.Fatalf("mount: %v\n%s", err, stderr)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for !status(t, bin, env, dir2).Mounts[0].Complete {
+		if time.Now().After(deadline) {
+			t.Fatalf("not complete a minute after a mount with background fetching: %+v", status(t, bin, env, dir2))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if m := status(t, bin, env, dir).Mounts[0]; !m.Complete {
+		t.Errorf("the first mount is not complete once the second is: %+v", m)
+	}
+	if _, stderr, err := run(t, bin, env, "umount", dir2); err != nil {
+		t.Fatalf("umount: %v\n%s", err, stderr)
+	}
 
 	if _, stderr, err := run(t, bin, env, "umount", dir); err != nil {
 		t.Fatalf("umount: %v\n%s", err, stderr)
@@ -109,7 +127,7 @@ func TestMount(t *testing.T) {
 	if ms := append(mounttest.Mounted(t, dir), mounttest.Mounted(t, root)...); len(ms) > 0 {
 		t.Errorf("still mounted after umount: %q", ms)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline = time.Now().Add(15 * time.Second)
 	for alive(pid) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -132,4 +150,18 @@ func alive(pid int) bool {
 	}
 	f := strings.Fields(string(b))
 	return len(f) > 2 && f[2] != "Z"
+}
+
+// status runs nibble status --json DIR.
+func status(t *testing.T, bin string, env []string, dir string) *server.Status {
+	t.Helper()
+	stdout, stderr, err := run(t, bin, env, "status", "--json", dir)
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, stderr)
+	}
+	var st server.Status
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, stdout)
+	}
+	return &st
 }

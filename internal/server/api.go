@@ -59,6 +59,8 @@ type MountStatus struct {
 	// FetchedBytes and TotalBytes sum the layers'.
 	FetchedBytes int64 `json:"fetchedBytes"`
 	TotalBytes   int64 `json:"totalBytes"`
+	// Complete tells whether every layer is complete.
+	Complete bool `json:"complete"`
 	// Layers are the image's layers, bottom first.
 	Layers []LayerStatus `json:"layers"`
 }
@@ -78,6 +80,10 @@ type LayerStatus struct {
 	// for a layer that is not lazy); Percent its share of TotalBytes.
 	FetchedBytes int64   `json:"fetchedBytes"`
 	Percent      float64 `json:"percent"`
+	// Complete tells whether the whole layer is on this node, so that
+	// reading it needs the registry no more: every chunk in the chunk
+	// cache, or (a layer that is not lazy) its local rewrite.
+	Complete bool `json:"complete"`
 	// Requests counts range requests; CacheHits chunk reads served from
 	// memory or the chunk cache, CacheMisses those that waited for a
 	// fetch.

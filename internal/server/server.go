@@ -561,6 +561,7 @@ func (s *Server) status(e *entry) *MountStatus {
 	ms := &MountStatus{
 		Dir: e.req.Dir, Ref: e.req.Ref, Digest: e.digest, Writable: e.req.Writable,
 		Upper: e.m.Upper, Mounted: e.mounted, Layers: []LayerStatus{},
+		Complete: true,
 	}
 	for _, l := range e.im.Layers {
 		fs := l.Layer.Stats()
@@ -577,9 +578,12 @@ func (s *Server) status(e *entry) *MountStatus {
 			ls.NotLazyReason = l.Reason
 			ls.FetchedBytes = l.Size
 			ls.LocalBlob = l.Blob
+			ls.Complete = true
 		} else {
 			ls.FetchedBytes += l.Layer.TOCBytes
+			ls.Complete = l.Layer.Missing() == 0
 		}
+		ms.Complete = ms.Complete && ls.Complete
 		if ls.TotalBytes > 0 {
 			ls.Percent = math.Round(1000*float64(ls.FetchedBytes)/float64(ls.TotalBytes)) / 10
 		}
