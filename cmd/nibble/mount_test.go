@@ -117,6 +117,9 @@ func TestMount(t *testing.T) {
 	if m := status(t, bin, env, dir).Mounts[0]; !m.Complete {
 		t.Errorf("the first mount is not complete once the second is: %+v", m)
 	}
+	if stdout, _, err := run(t, bin, env, "status", dir); err != nil || !strings.Contains(stdout, "; complete (all in the cache)") {
+		t.Errorf("status %s: %v\n%s", dir, err, stdout)
+	}
 	if _, stderr, err := run(t, bin, env, "umount", dir2); err != nil {
 		t.Fatalf("umount: %v\n%s", err, stderr)
 	}

@@ -76,7 +76,11 @@ func printStatus(out io.Writer, st *server.Status) {
 			mode = "writable, upper " + m.Upper
 		}
 		fmt.Fprintf(w, "%s\t%s (%s)\n", m.Dir, m.Ref, mode)
-		fmt.Fprintf(w, "  image %s: fetched %s of %s (%s)\n", m.Digest, size.Format(m.FetchedBytes), size.Format(m.TotalBytes), percent(m.FetchedBytes, m.TotalBytes))
+		complete := ""
+		if m.Complete {
+			complete = "; complete (all in the cache)"
+		}
+		fmt.Fprintf(w, "  image %s: fetched %s of %s (%s)%s\n", m.Digest, size.Format(m.FetchedBytes), size.Format(m.TotalBytes), percent(m.FetchedBytes, m.TotalBytes), complete)
 		fmt.Fprintf(w, "  LAYER\tLAZY\tFETCHED\tTOTAL\t%%\tHITS\tMISSES\tERRORS\n")
 		for _, l := range m.Layers {
 			lazy := "yes"
