@@ -183,7 +183,8 @@ type Scheduler struct {
 	cond       *sync.Cond
 	queues     [3][]*job
 	lastDemand atomic.Int64 // unix nanoseconds of the last on-demand read
-	bgRunning  int
+	bgRunning  int          // background jobs taken and not yet run
+	bgHeld     int          // background jobs taken and not yet stored
 	running    int          // jobs taken by workers and not yet run
 	storing    atomic.Int64 // jobs whose chunks wait for the store writers
 	finished   uint64       // jobs run
@@ -241,7 +242,25 @@ func (s *Scheduler) partial(span int64, n int) bool {
 	return span+span/int64(n) <= s.maxRequest && span < s.readAhead/2
 }
 
+// release ends job j's hold on the background budget, once its chunks
+// are stored (or dropped).
+func (s *Scheduler) release(j *job) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j.held {
+		j.held = false
+		s.bgHeld--
+		s.cond.Broadcast()
+	}
+}
+
 const (
+	// backgroundHeld bounds the background jobs whose chunks are in
+	// memory: one being fetched and the others waiting for the store.
+	// Background fetching runs as fast as the store writes, and a store
+	// slower than the link costs it speed rather than memory (the
+	// chunks of at most this many requests of backgroundRequest bytes).
+	backgroundHeld = 3
 	// storeWriters is how many goroutines write chunks to the store.
 	storeWriters = 2
 	// storeQueueBytes bounds the chunks waiting for (or being written
@@ -344,6 +363,7 @@ type job struct {
 	members []int
 	prio    Priority
 	taken   bool // by a worker, or dropped at Close; guarded by Scheduler.mu
+	held    bool // counted in Scheduler.bgHeld; guarded by Scheduler.mu
 }
 
 func (s *Scheduler) enqueue(jobs []*job) {
@@ -436,7 +456,7 @@ func (s *Scheduler) next() *job {
 				continue
 			}
 			if p == Background {
-				if s.bgRunning > 0 {
+				if s.bgRunning > 0 || s.bgHeld >= backgroundHeld {
 					continue
 				}
 				if wait := s.quiet - time.Since(time.Unix(0, s.lastDemand.Load())); wait > 0 {
@@ -444,11 +464,13 @@ func (s *Scheduler) next() *job {
 					continue
 				}
 				s.bgRunning++
+				s.bgHeld++
 			}
 			j := s.queues[p][0]
 			s.queues[p][0] = nil
 			s.queues[p] = s.queues[p][1:]
 			j.taken = true
+			j.held = p == Background
 			s.running++
 			return j
 		}

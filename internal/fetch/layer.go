@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -341,10 +342,11 @@ const maxGap = 32 << 10
 // filesystem.
 const storeBatch = 16 << 20
 
-// backgroundRequest bounds the compressed bytes of a prefetch or
-// background request. Nobody waits on those, so large requests buy
-// little, while a job's chunks are all held in memory until they are
-// stored: 32 MiB of compressed small text files decode to about 100 MB.
+// backgroundRequest bounds the bytes of a prefetch or background
+// request, compressed and decoded (a request of one member may exceed
+// it). Nobody waits on those, so large requests buy little, while a
+// job's chunks are all held in memory until they are stored: 32 MiB of
+// compressed small text files decode to about 100 MB.
 const backgroundRequest = 8 << 20
 
 // plan groups members (sorted) into range requests: adjacent members (or
@@ -354,24 +356,40 @@ const backgroundRequest = 8 << 20
 func (l *Layer) plan(ms []int, prio Priority) []*job {
 	var jobs []*job
 	var cur *job
-	var curStart, curEnd int64
-	limit := l.s.maxRequest
+	var curStart, curEnd, curDecoded int64
+	limit, decodedLimit := l.s.maxRequest, int64(math.MaxInt64)
 	if prio != Demand {
 		limit = min(limit, backgroundRequest)
+		decodedLimit = backgroundRequest
 	}
 	for _, m := range ms {
 		mb := &l.members[m]
 		mEnd := mb.off + int64(mb.clen)
-		if cur != nil && mb.off >= curEnd && mb.off-curEnd <= maxGap && mEnd-curStart <= limit {
+		decoded := int64(0)
+		if prio != Demand {
+			decoded = l.decodedSize(m)
+		}
+		if cur != nil && mb.off >= curEnd && mb.off-curEnd <= maxGap && mEnd-curStart <= limit && curDecoded+decoded <= decodedLimit {
 			cur.members = append(cur.members, m)
 			curEnd = mEnd
+			curDecoded += decoded
 			continue
 		}
 		cur = &job{l: l, prio: prio, members: []int{m}}
-		curStart, curEnd = mb.off, mEnd
+		curStart, curEnd, curDecoded = mb.off, mEnd, decoded
 		jobs = append(jobs, cur)
 	}
 	return jobs
+}
+
+// decodedSize is the size of member m's chunks.
+func (l *Layer) decodedSize(m int) int64 {
+	first, n := l.chunksOf(m)
+	var size int64
+	for k := first; k < first+n; k++ {
+		size += int64(l.chunks[l.t.at(k)].Size)
+	}
+	return size
 }
 
 // run fetches a job's members, decodes and verifies their chunks, and
@@ -680,6 +698,7 @@ func (l *Layer) finish(j *job, data map[int][][]byte, err error) {
 			}
 		}
 		l.mu.Unlock()
+		l.s.release(j)
 	})
 }
 

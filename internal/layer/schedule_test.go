@@ -276,3 +276,56 @@ func TestActivity(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestBackgroundHoldsFewJobs: background fetching of a layer whose files
+// compress well runs in requests of at most 8 MiB of decoded chunks, and
+// holds at most three of them in memory (fetched and not yet stored)
+// when the store is slower than the link.
+func TestBackgroundHoldsFewJobs(t *testing.T) {
+	const files, size = 40, 1 << 20 // 40 MiB decoded, a few hundred KiB compressed
+	w := tartest.NewWriter(3)
+	want := map[string][]byte{}
+	for i := range files {
+		name := fmt.Sprintf("f%02d", i)
+		want[name] = bytes.Repeat([]byte(fmt.Sprintf("line of file %d\n", i)), size/8)[:size]
+		w.File(name, want[name])
+	}
+	src, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildLayer(t, src, format.WithNoPrefetch())
+	store := &slowStore{Store: fetchtest.Cache(t), gate: make(chan struct{})}
+	s, err := fetch.New(store, fetch.WithQuietPeriod(time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ms := &fetchtest.MemSource{Blob: b.blob}
+	l := open(t, s, ms, b.desc)
+	ms.Reset()
+	l.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for store.puts.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no chunk reached the store")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Time for more fetches, were they allowed.
+	time.Sleep(300 * time.Millisecond)
+	if n := len(ms.Requests()); n > 3 {
+		t.Errorf("%d background requests while the store held the first job's chunks, want at most 3", n)
+	}
+	close(store.gate)
+	settle(t, l, func(n int) bool { return n == 0 })
+	if n := len(ms.Requests()); n < files*size/(8<<20) {
+		t.Errorf("%d background requests for %d MiB of chunks, want requests of at most 8 MiB", n, files*size>>20)
+	}
+	for _, name := range []string{"f00", "f39"} {
+		id, _ := l.Index.LookupPath(name)
+		if got := readFile(t, l, id); !bytes.Equal(got, want[name]) {
+			t.Errorf("%s: wrong bytes", name)
+		}
+	}
+}
