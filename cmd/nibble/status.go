@@ -26,9 +26,12 @@ func newStatusCommand() *cobra.Command {
 		Long: `Status shows, for each image mounted by nibble mount (or the one at DIR),
 every layer: its digest, whether it is served lazily (and why not), the bytes
 fetched of the total, chunk reads served from the cache (hits) or fetched
-(misses), and fetch errors; then the chunk cache's use.
+(misses), and fetch errors; whether the whole image is on this node
+("complete": every chunk in the cache, so reading it needs the registry no
+more); then the chunk cache's use.
 
---json prints the same as one JSON document, described in docs/status.md.`,
+--json prints the same (and "complete" per layer) as one JSON document,
+described in docs/status.md.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := ""
