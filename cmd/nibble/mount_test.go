@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -155,10 +156,14 @@ func alive(pid int) bool {
 	return len(f) > 2 && f[2] != "Z"
 }
 
-// status runs nibble status --json DIR.
+// status runs nibble status --json [DIR].
 func status(t *testing.T, bin string, env []string, dir string) *server.Status {
 	t.Helper()
-	stdout, stderr, err := run(t, bin, env, "status", "--json", dir)
+	args := []string{"status", "--json"}
+	if dir != "" {
+		args = append(args, dir)
+	}
+	stdout, stderr, err := run(t, bin, env, args...)
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, stderr)
 	}
@@ -167,4 +172,75 @@ func status(t *testing.T, bin string, env []string, dir string) *server.Status {
 		t.Fatalf("status --json: %v\n%s", err, stdout)
 	}
 	return &st
+}
+
+// TestOrphan: a serving process killed with SIGKILL leaves its mount
+// orphaned. nibble status lists it; nibble mount at the same directory
+// replaces it rather than stacking on it; nibble umount releases one, and
+// nothing stays mounted.
+func TestOrphan(t *testing.T) {
+	if os.Geteuid() != 0 {
+		registrytest.SkipOrFatal(t, "nibble mount needs root")
+	}
+	bin := buildNibble(t)
+	reg := registrytest.StartInProcess(t)
+	tars := tartest.ThreeLayers(t)
+	ref := reg.Repo("one:v1")
+	mounttest.Push(t, ref, mounttest.Convert(t, tars[0]))
+	root := t.TempDir()
+	env := []string{"NIBBLE_ROOT=" + root, server.EnvAddress + "=" + filepath.Join(root, "nibble.sock")}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		run(t, bin, env, "umount", "--force", dir)
+		mounttest.Detach(t, dir)
+		mounttest.Detach(t, root)
+	})
+	// kill mounts the image at dir and kills its server.
+	kill := func() {
+		t.Helper()
+		if _, stderr, err := run(t, bin, env, "mount", "--no-background", ref, dir); err != nil {
+			t.Fatalf("mount: %v\n%s", err, stderr)
+		}
+		if n := len(mounttest.Mounted(t, dir)); n != 1 {
+			t.Fatalf("%d mounts at %s, want 1", n, dir)
+		}
+		pid := status(t, bin, env, "").PID
+		syscall.Kill(pid, syscall.SIGKILL)
+		for alive(pid) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	kill()
+	if _, err := os.ReadDir(dir); !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
+		t.Fatalf("reading an orphaned mount: %v, want ENOTCONN or ECONNABORTED", err)
+	}
+	st := status(t, bin, env, "")
+	if st.PID != 0 || len(st.Orphans) != 1 || st.Orphans[0].Dir != dir || filepath.Dir(st.Orphans[0].State) != filepath.Join(root, "m") {
+		t.Fatalf("status with an orphan: %+v", st)
+	}
+	if stdout, _, err := run(t, bin, env, "status"); err != nil || !strings.Contains(stdout, dir+": orphaned") {
+		t.Errorf("status: %v\n%s", err, stdout)
+	}
+
+	// A new mount at dir replaces the orphan: kill checks that dir has
+	// one mount, and the orphan's layer is gone too.
+	kill()
+	if ms := mounttest.Mounted(t, filepath.Join(root, "m")); len(ms) != 1 {
+		t.Errorf("layer mounts %q, want the new mount's one layer", ms)
+	}
+
+	_, stderr, err := run(t, bin, env, "umount", dir)
+	if err != nil || !strings.Contains(stderr, "released the orphaned mount") {
+		t.Fatalf("umount of an orphan: %v\n%s", err, stderr)
+	}
+	if ms := append(mounttest.Mounted(t, dir), mounttest.Mounted(t, root)...); len(ms) > 0 {
+		t.Errorf("still mounted after umount: %q", ms)
+	}
+	if des, err := os.ReadDir(filepath.Join(root, "m")); err != nil || len(des) != 0 {
+		t.Errorf("state directories left: %v %v", des, err)
+	}
+	if _, stderr, err := run(t, bin, env, "umount", dir); err == nil || !strings.Contains(stderr, "not mounted by nibble") {
+		t.Errorf("umount again: %v\n%s", err, stderr)
+	}
 }

@@ -28,7 +28,8 @@ every layer: its digest, whether it is served lazily (and why not), the bytes
 fetched of the total, chunk reads served from the cache (hits) or fetched
 (misses), and fetch errors; whether the whole image is on this node
 ("complete": every chunk in the cache, so reading it needs the registry no
-more); then the chunk cache's use.
+more); then the chunk cache's use. Without DIR it also lists orphaned mounts,
+whose nibble process is gone (nibble umount releases them).
 
 --json prints the same (and "complete" per layer) as one JSON document,
 described in docs/status.md.`,
@@ -48,6 +49,9 @@ described in docs/status.md.`,
 					return fmt.Errorf("%s: not mounted by nibble (no server at %s)", dir, address)
 				}
 				st, err = &server.Status{Mounts: []server.MountStatus{}}, nil
+				if st.Orphans, err = server.FindOrphans(); err != nil {
+					return err
+				}
 			}
 			if err != nil {
 				return err
@@ -68,6 +72,9 @@ described in docs/status.md.`,
 }
 
 func printStatus(out io.Writer, st *server.Status) {
+	for _, o := range st.Orphans {
+		fmt.Fprintf(out, "%s: orphaned: its nibble process is gone, so every access fails; release it with nibble umount %s\n", o.Dir, o.Dir)
+	}
 	if len(st.Mounts) == 0 {
 		fmt.Fprintln(out, "no images mounted")
 		return

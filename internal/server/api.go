@@ -42,6 +42,17 @@ type Status struct {
 	Mounts []MountStatus `json:"mounts"`
 	// Cache is the node-wide chunk cache.
 	Cache CacheStatus `json:"cache"`
+	// Orphans are image mounts left by nibble processes that are gone
+	// (killed or crashed): every access to them fails until nibble
+	// umount releases them. Listed in the status of all mounts only.
+	Orphans []OrphanStatus `json:"orphans,omitempty"`
+}
+
+// OrphanStatus is an image mount whose serving process is gone.
+type OrphanStatus struct {
+	// Dir is where the image was mounted; State its state directory.
+	Dir   string `json:"dir"`
+	State string `json:"state"`
 }
 
 // MountStatus is the state of one mounted image.

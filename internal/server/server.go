@@ -369,6 +369,14 @@ func (s *Server) Mount(ctx context.Context, req MountRequest) (st *MountStatus, 
 	}()
 	defer s.recovered(&err, "mounting "+req.Ref)
 
+	// A mount left at the directory by a nibble process that is gone
+	// answers nothing: release it rather than bury it under this one.
+	if o, err := mount.FindOrphan(req.Dir); err == nil && o != nil {
+		if err := o.Release(); err != nil {
+			return nil, fmt.Errorf("%s: releasing the orphaned mount there: %w", req.Dir, err)
+		}
+		s.log.Info("released an orphaned mount", "dir", req.Dir, "state", o.State)
+	}
 	t0 := time.Now()
 	e, err := s.mount(ctx, req, id)
 	if err != nil {
@@ -553,6 +561,25 @@ func (s *Server) Status(dir string) (*Status, error) {
 	}
 	for _, e := range es {
 		st.Mounts = append(st.Mounts, *s.status(e))
+	}
+	if dir == "" {
+		var err error
+		if st.Orphans, err = FindOrphans(); err != nil {
+			s.log.Warn("listing orphaned mounts", "err", err)
+		}
+	}
+	return st, nil
+}
+
+// FindOrphans lists the orphaned image mounts of this host, for Status.
+func FindOrphans() ([]OrphanStatus, error) {
+	orphans, err := mount.Orphans()
+	if err != nil {
+		return nil, err
+	}
+	var st []OrphanStatus
+	for _, o := range orphans {
+		st = append(st, OrphanStatus{Dir: o.Target, State: o.State})
 	}
 	return st, nil
 }
