@@ -137,18 +137,7 @@ func BenchmarkPut(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
 					if i%len(ds) == 0 {
 						b.StopTimer()
-						if c != nil {
-							c.Close()
-						}
-						os.RemoveAll(filepath.Join(dir, algo))
-						var opts []Option
-						if !sync {
-							opts = append(opts, WithoutSync())
-						}
-						var err error
-						if c, err = Open(dir, opts...); err != nil {
-							b.Fatal(err)
-						}
+						c = reopenEmpty(b, c, dir, sync)
 						b.StartTimer()
 					}
 					if err := c.Put(ds[i%len(ds)], bs[i%len(ds)]); err != nil {
@@ -259,18 +248,7 @@ func BenchmarkPutVerifiedBatch(b *testing.B) {
 			for b.Loop() {
 				if first+batch > len(ds) {
 					b.StopTimer()
-					if c != nil {
-						c.Close()
-					}
-					os.RemoveAll(filepath.Join(dir, algo))
-					var opts []Option
-					if !sync {
-						opts = append(opts, WithoutSync())
-					}
-					var err error
-					if c, err = Open(dir, opts...); err != nil {
-						b.Fatal(err)
-					}
+					c = reopenEmpty(b, c, dir, sync)
 					first = 0
 					b.StartTimer()
 				}
@@ -285,6 +263,24 @@ func BenchmarkPutVerifiedBatch(b *testing.B) {
 			c.Close()
 		})
 	}
+}
+
+// reopenEmpty closes c (if not nil) and opens an empty cache in dir, with
+// fsyncs or without.
+func reopenEmpty(b *testing.B, c *Cache, dir string, sync bool) *Cache {
+	if c != nil {
+		c.Close()
+	}
+	os.RemoveAll(filepath.Join(dir, algo))
+	var opts []Option
+	if !sync {
+		opts = append(opts, WithoutSync())
+	}
+	c, err := Open(dir, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
 }
 
 // cpuTime is the process's user and system CPU time so far, in

@@ -205,6 +205,18 @@ type slowStore struct {
 	puts atomic.Int64
 }
 
+// waitPut waits for the first call of Put.
+func (s *slowStore) waitPut(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.puts.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no chunk reached the store")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (s *slowStore) Put(d digest.Digest, b []byte) error {
 	s.puts.Add(1)
 	<-s.gate
@@ -225,13 +237,7 @@ func TestCloseDropsQueuedStores(t *testing.T) {
 	ms := &fetchtest.MemSource{Blob: b.blob}
 	l := open(t, s, ms, b.desc)
 	l.Background()
-	deadline := time.Now().Add(10 * time.Second)
-	for store.puts.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no chunk reached the store")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	store.waitPut(t)
 	l.Close()
 	close(store.gate)
 	done := make(chan error)
@@ -305,13 +311,7 @@ func TestBackgroundHoldsFewJobs(t *testing.T) {
 	l := open(t, s, ms, b.desc)
 	ms.Reset()
 	l.Background()
-	deadline := time.Now().Add(10 * time.Second)
-	for store.puts.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no chunk reached the store")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	store.waitPut(t)
 	// Time for more fetches, were they allowed.
 	time.Sleep(300 * time.Millisecond)
 	if n := len(ms.Requests()); n > 3 {
