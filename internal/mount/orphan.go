@@ -154,6 +154,17 @@ func (o *Orphan) Release() error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	// Remove the state directory only once nothing is mounted in it, so
+	// that removing it cannot reach into another filesystem.
+	mounts, err := readMountInfo()
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if m.point == o.State || strings.HasPrefix(m.point, o.State+"/") {
+			return fmt.Errorf("mount: %s still mounted: %s left in place", m.point, o.State)
+		}
+	}
 	if err := os.RemoveAll(o.State); err != nil {
 		return fmt.Errorf("mount: removing %s: %w", o.State, err)
 	}
