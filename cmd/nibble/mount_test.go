@@ -222,6 +222,9 @@ func TestOrphan(t *testing.T) {
 	if stdout, _, err := run(t, bin, env, "status"); err != nil || !strings.Contains(stdout, dir+": orphaned") {
 		t.Errorf("status: %v\n%s", err, stdout)
 	}
+	if _, stderr, err := run(t, bin, env, "status", dir); err == nil || !strings.Contains(stderr, dir+": orphaned") {
+		t.Errorf("status %s: %v\n%s", dir, err, stderr)
+	}
 
 	// A new mount at dir replaces the orphan: kill checks that dir has
 	// one mount, and the orphan's layer is gone too.

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"nibble.dev/nibble/internal/mount"
 	"nibble.dev/nibble/internal/server"
 	"nibble.dev/nibble/internal/size"
 )
@@ -44,6 +46,12 @@ described in docs/status.md.`,
 				dir = d
 			}
 			st, err := server.NewClient(address).Status(cmd.Context(), dir)
+			var ae *server.APIError
+			if dir != "" && (errors.Is(err, server.ErrNoServer) || errors.As(err, &ae) && ae.Code == http.StatusNotFound) {
+				if o, _ := mount.FindOrphan(dir); o != nil {
+					return fmt.Errorf("%s: orphaned: its nibble process is gone; release it with nibble umount %s", dir, dir)
+				}
+			}
 			if errors.Is(err, server.ErrNoServer) {
 				if dir != "" {
 					return fmt.Errorf("%s: not mounted by nibble (no server at %s)", dir, address)
