@@ -363,8 +363,12 @@ if $read_only; then
 	declare -A rserve=([nibble_pt]=pt [nibble_nopt]=nopt)
 	load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 	for ((i = 1; i <= runs; i++)); do
-		log "run $i of $runs: cold read of every file on ${rvariants[*]}"
-		for v in "${rvariants[@]}"; do
+		# The order alternates, so that a drift of the machine's load
+		# does not favour one side.
+		order=("${rvariants[@]}")
+		((i % 2)) || order=(nibble_nopt nibble_pt local_overlay local_bare)
+		log "run $i of $runs: cold read of every file on ${order[*]}"
+		for v in "${order[@]}"; do
 			drop
 			[[ -z ${rserve[$v]:-} ]] || c0=$(stat_field "$(ask "${rserve[$v]}" cpu)" cpu_us)
 			timed "cat_$v" catall "${rdir[$v]}"
@@ -378,6 +382,9 @@ if $read_only; then
 	stop_serve pt
 	stop_serve nopt
 	umount "$work/local.mnt"
+	rm -rf "$cache/mount-$files.read.last"
+	mkdir -p "$cache/mount-$files.read.last"
+	cp "$work"/times.cat_* "$work"/servecpu.* "$cache/mount-$files.read.last/"
 
 	cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo
@@ -389,8 +396,7 @@ if $read_only; then
 	echo "times:   median of $runs runs, wall clock; find DIR -type f | xargs cat >/dev/null after sync; echo 3 >/proc/sys/vm/drop_caches"
 	echo "passthrough opens during the runs: $pt_opens with passthrough ($nfiles files x $runs runs), $nopt_opens without"
 	echo
-	printf '%-46s %8s %10s %12s %8s
-' "" "wall s" "reader cpu" "server cpu s" "vs disk"
+	printf '%-46s %8s %10s %12s %8s  %s\n' "" "wall s" "reader cpu" "server cpu s" "vs disk" "each run: wall s"
 	read -r base _ <<<"$(median cat_local_bare)"
 	declare -A rlabel=(
 		[local_bare]="local disk (ext4), no overlay"
@@ -402,8 +408,8 @@ if $read_only; then
 		read -r t c <<<"$(median "cat_$v")"
 		sc=-
 		[[ ! -s $work/servecpu.$v ]] || sc=$(awk '{ printf "%.2f", $1 / 1e6 }' <<<"$(median_of "$work/servecpu.$v")")
-		printf '%-46s %8.2f %10.2f %12s %7sx
-' "${rlabel[$v]}" "$t" "$c" "$sc" "$(awk -v a="$t" -v b="$base" 'BEGIN { printf "%.2f", a / b }')"
+		printf '%-46s %8.2f %10.2f %12s %7sx  %s\n' "${rlabel[$v]}" "$t" "$c" "$sc" "$(awk -v a="$t" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" \
+			"$(cut -d' ' -f1 "$work/times.cat_$v" | paste -sd' ')"
 	done
 	exit 0
 fi
