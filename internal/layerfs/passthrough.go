@@ -135,7 +135,7 @@ func (fs *FS) openRegular(nodeid uint64, id layer.NodeID, out *fuse.OpenOut) {
 		st.normal++
 		return
 	}
-	bid, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	bid, errno := register(srv, f)
 	if errno != 0 {
 		switch errno {
 		case syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM:
@@ -149,6 +149,23 @@ func (fs *FS) openRegular(nodeid uint64, id layer.NodeID, out *fuse.OpenOut) {
 	st.backing = bid
 	st.pass = 1
 	fs.setPassthrough(st, out)
+}
+
+// register registers f as a backing file. (Not through f.Fd, which would
+// cost an fcntl to put the descriptor in blocking mode.)
+func register(srv *fuse.Server, f *os.File) (int32, syscall.Errno) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, syscall.EBADF
+	}
+	var bid int32
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		bid, errno = srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	}); err != nil {
+		return 0, syscall.EBADF
+	}
+	return bid, errno
 }
 
 // answerLocked answers an open from the inode's state when that decides

@@ -70,7 +70,7 @@ type ptMount struct {
 
 // mountPT mounts pl over the cache in cacheDir; close (also run at the
 // end of the test) unmounts it and closes the cache.
-func mountPT(t *testing.T, pl *ptLayer, cacheDir string, opts ...layerfs.Option) *ptMount {
+func mountPT(t testing.TB, pl *ptLayer, cacheDir string, opts ...layerfs.Option) *ptMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		registrytest.SkipOrFatal(t, "FUSE mounts need root")
@@ -108,7 +108,7 @@ func mountPT(t *testing.T, pl *ptLayer, cacheDir string, opts ...layerfs.Option)
 // warm reads a file through the layer (not the mount, so that the
 // kernel's page cache of the mount stays empty) and waits until it can
 // be opened whole from the cache.
-func (m *ptMount) warm(t *testing.T, name string) {
+func (m *ptMount) warm(t testing.TB, name string) {
 	t.Helper()
 	id, ok := m.l.Index.LookupPath(name)
 	if !ok {
@@ -123,7 +123,7 @@ func (m *ptMount) warm(t *testing.T, name string) {
 
 // waitWhole waits until a file can be opened whole from the cache (the
 // scheduler stores chunks after it hands them to readers).
-func (m *ptMount) waitWhole(t *testing.T, name string) {
+func (m *ptMount) waitWhole(t testing.TB, name string) {
 	t.Helper()
 	id, _ := m.l.Index.LookupPath(name)
 	for deadline := time.Now().Add(10 * time.Second); ; {
