@@ -351,3 +351,85 @@ func TestPassthroughDamagedCache(t *testing.T) {
 		t.Errorf("small, fetched again: %d passthrough opens, %d reads; want 1 and none", pt, reads)
 	}
 }
+
+// TestPassthroughUnmountWithOpenFile: a mount detached while a
+// passthrough file is open keeps serving that file; once it is closed
+// the server ends, and the process holds no more descriptors than before
+// the mount (backing files are the kernel's, and go away with their IDs
+// or the connection).
+func TestPassthroughUnmountWithOpenFile(t *testing.T) {
+	if os.Geteuid() != 0 {
+		registrytest.SkipOrFatal(t, "FUSE mounts need root")
+	}
+	pl := newPTLayer(t)
+	fds := func() int {
+		t.Helper()
+		es, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(es)
+	}
+	c := fetchtest.Cache(t)
+	s := fetchtest.Scheduler(t, c)
+	l, err := layer.Open(context.Background(), s, &fetchtest.MemSource{Blob: pl.blob}, pl.desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &ptMount{l: l}
+	for _, name := range []string{"small", "other"} {
+		m.warm(t, name)
+	}
+	before := fds()
+	fs := layerfs.New(l)
+	dir := t.TempDir()
+	srv, err := layerfs.Mount(fs, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	detached := false
+	t.Cleanup(func() {
+		if !detached {
+			srv.Unmount()
+		}
+	})
+	open := func(name string) *os.File {
+		t.Helper()
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	small, other := open("small"), open("other")
+	if fs.PassthroughOpens() != 2 {
+		t.Fatalf("%d passthrough opens, want 2", fs.PassthroughOpens())
+	}
+	other.Close()
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		t.Fatalf("detaching: %v", err)
+	}
+	detached = true
+	b, err := io.ReadAll(small)
+	if err != nil || !bytes.Equal(b, pl.files["small"]) {
+		t.Fatalf("reading the open file after the detach: %d bytes, %v", len(b), err)
+	}
+	small.Close()
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not end after the last file closed")
+	}
+	// Serve closes /dev/fuse after its loops end.
+	for deadline := time.Now().Add(5 * time.Second); fds() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d descriptors open, %d before the mount", fds(), before)
+		}
+	}
+	if n := layerfs.OpenInodes(fs); n != 0 {
+		t.Errorf("%d inodes still counted open", n)
+	}
+}
