@@ -16,8 +16,15 @@
 #     (empty cache, caches dropped), and the bytes fetched for each, counted
 #     by the layer and on the wire (linkproxy, no delay by default).
 #
+#  4. (--read-only, alone) Reading every file of the layer (find -type f |
+#     xargs cat) with a warm chunk cache and the page cache dropped, on the
+#     nibble image mount with FUSE passthrough (nibble's default) and
+#     without (layerfs.WithoutPassthrough), against the same tree on local
+#     disk, bare and under overlayfs; with the CPU time of the reader and
+#     of each serving process.
+#
 # usage: bash bench/mount.sh [--runs N] [--files N] [--rtt DUR] [--prepare-only]
-#                            [--memory-only]
+#                            [--memory-only] [--read-only]
 #
 # Needs root (mounts, drop_caches). The first run writes the input (a tar of
 # the generated tree, by `go run ./bench/mount gen`), extracts it under
@@ -29,7 +36,8 @@
 # for parts 1-2 (`nibble mount --no-background`; ls and find read no file
 # contents) and with it for part 3 (nibble mount's default). Installs
 # docker-registry with apt if missing. --memory-only measures part 2 alone
-# (one image mount, one cold ls -lR: a minute, for work on the index).
+# (one image mount, one cold ls -lR: a minute, for work on the index);
+# --read-only measures part 4 alone (a few minutes).
 # Results and how to read them: docs/benchmarks.md, "Mounts".
 set -euo pipefail
 
@@ -40,6 +48,7 @@ files=100000
 rtt=0s
 prepare_only=false
 memory_only=false
+read_only=false
 
 while (($#)); do
 	case $1 in
@@ -48,8 +57,9 @@ while (($#)); do
 	--rtt) rtt=${2:?--rtt needs a duration, e.g. 20ms} && shift ;;
 	--prepare-only) prepare_only=true ;;
 	--memory-only) memory_only=true ;;
+	--read-only) read_only=true ;;
 	-h | --help)
-		sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -313,6 +323,94 @@ if $memory_only; then
 	echo "         go runtime after the walk: ${line#rss }"
 	heap_top
 	stop_serve image
+	exit 0
+fi
+
+# --- Part 4 alone (--read-only): reading every file, passthrough or not ------
+
+# catall DIR: reads every regular file under DIR.
+catall() { (cd "$1" && find . -type f -print0 | xargs -0 -n 2000 cat >/dev/null); }
+
+if $read_only; then
+	log "read: filling a chunk cache (background fetch), then mounting with and without passthrough"
+	mkdir -p "$work/empty" "$work/local.mnt" "$work/pt.mnt" "$work/nopt.mnt"
+	mount -t overlay overlay -o "ro,lowerdir=$tree:$work/empty" "$work/local.mnt"
+	start_serve pt -ref "$ref" -dir "$work/pt.mnt" -root "$work/pt.root" -cache "$work/cache" -mode image -background
+	for ((t = 0; t < 600; t++)); do
+		line=$(ask pt missing)
+		[[ $(stat_field "$line" members) != 0 ]] || break
+		sleep 1
+	done
+	if [[ $(stat_field "$line" members) != 0 ]]; then
+		echo "mount.sh: the cache is still missing members after 10 minutes: $line" >&2
+		exit 1
+	fi
+	# Started on the full cache, so that its index knows every object.
+	start_serve nopt -ref "$ref" -dir "$work/nopt.mnt" -root "$work/nopt.root" -cache "$work/cache" -mode image -no-passthrough
+	log "read: checking every file's bytes on both mounts against the tree (also verifies the cache's objects in each process)"
+	sums() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
+	sum_local=$(sums "$tree")
+	for d in "$work/pt.mnt" "$work/nopt.mnt"; do
+		if [[ $(sums "$d") != "$sum_local" ]]; then
+			echo "FAIL  $d does not hold the bytes $tree does" >&2
+			exit 1
+		fi
+	done
+	stats_file=.nibble-layer-stats.json
+	pt_opens0=$(jq .passthroughOpens "$work/pt.root/m/0/$stats_file")
+	rvariants=(local_bare local_overlay nibble_pt nibble_nopt)
+	declare -A rdir=([local_bare]=$tree [local_overlay]=$work/local.mnt [nibble_pt]=$work/pt.mnt [nibble_nopt]=$work/nopt.mnt)
+	declare -A rserve=([nibble_pt]=pt [nibble_nopt]=nopt)
+	load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+	for ((i = 1; i <= runs; i++)); do
+		# The order alternates, so that a drift of the machine's load
+		# does not favour one side.
+		order=("${rvariants[@]}")
+		((i % 2)) || order=(nibble_nopt nibble_pt local_overlay local_bare)
+		log "run $i of $runs: cold read of every file on ${order[*]}"
+		for v in "${order[@]}"; do
+			drop
+			[[ -z ${rserve[$v]:-} ]] || c0=$(stat_field "$(ask "${rserve[$v]}" cpu)" cpu_us)
+			timed "cat_$v" catall "${rdir[$v]}"
+			[[ -z ${rserve[$v]:-} ]] || echo $(($(stat_field "$(ask "${rserve[$v]}" cpu)" cpu_us) - c0)) >>"$work/servecpu.$v"
+		done
+	done
+	load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+	pt_opens=$(($(jq .passthroughOpens "$work/pt.root/m/0/$stats_file") - pt_opens0))
+	nopt_opens=$(jq .passthroughOpens "$work/nopt.root/m/0/$stats_file")
+	nfiles=$(stat_field "$(cat "$info")" files)
+	stop_serve pt
+	stop_serve nopt
+	umount "$work/local.mnt"
+	rm -rf "$cache/mount-$files.read.last"
+	mkdir -p "$cache/mount-$files.read.last"
+	cp "$work"/times.cat_* "$work"/servecpu.* "$cache/mount-$files.read.last/"
+
+	cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+	echo
+	echo "nibble read benchmark: every file, warm chunk cache, page cache dropped ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$root" && git rev-parse --short HEAD))"
+	echo "machine: $(nproc) CPUs ($cpu), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1e6 }' /proc/meminfo), $(go version | awk '{ print $3 }'), $(uname -r)"
+	echo "input:   $(cat "$info") (tar $tar_bytes bytes); eStargz layer $blob_bytes bytes"
+	echo "disk:    $tree and the chunk cache on $(df -T "$tree" | awk 'NR == 2 { print $2 " (" $1 ")" }')"
+	echo "load:    $load_before before, $load_after after (1, 5, 15-minute load averages)"
+	echo "times:   median of $runs runs, wall clock; find DIR -type f | xargs cat >/dev/null after sync; echo 3 >/proc/sys/vm/drop_caches"
+	echo "passthrough opens during the runs: $pt_opens with passthrough ($nfiles files x $runs runs), $nopt_opens without"
+	echo
+	printf '%-46s %8s %10s %12s %8s  %s\n' "" "wall s" "reader cpu" "server cpu s" "vs disk" "each run: wall s"
+	read -r base _ <<<"$(median cat_local_bare)"
+	declare -A rlabel=(
+		[local_bare]="local disk (ext4), no overlay"
+		[local_overlay]="local disk + overlayfs"
+		[nibble_pt]="nibble image, FUSE passthrough (default)"
+		[nibble_nopt]="nibble image, without passthrough"
+	)
+	for v in "${rvariants[@]}"; do
+		read -r t c <<<"$(median "cat_$v")"
+		sc=-
+		[[ ! -s $work/servecpu.$v ]] || sc=$(awk '{ printf "%.2f", $1 / 1e6 }' <<<"$(median_of "$work/servecpu.$v")")
+		printf '%-46s %8.2f %10.2f %12s %7sx  %s\n' "${rlabel[$v]}" "$t" "$c" "$sc" "$(awk -v a="$t" -v b="$base" 'BEGIN { printf "%.2f", a / b }')" \
+			"$(cut -d' ' -f1 "$work/times.cat_$v" | paste -sd' ')"
+	done
 	exit 0
 fi
 

@@ -72,6 +72,8 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	mode := fs.String("mode", "image", "image: overlayfs over the layer filesystems, as nibble mount; layer: the bottom layer's filesystem alone")
 	background := fs.Bool("background", false, "fetch the rest of the layers in the background, as nibble mount does by default")
 	profileRate := fs.Int("memprofilerate", 16<<10, "runtime.MemProfileRate: bytes allocated per heap profile sample")
+	cacheDir := fs.String("cache", "", "chunk cache directory (default ROOT/cache); serving processes may share one")
+	noPassthrough := fs.Bool("no-passthrough", false, "serve every read through the FUSE server (layerfs.WithoutPassthrough)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -87,7 +89,10 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 
 	// The serving process's fixed parts, as the nibble server has them
 	// before its first mount.
-	c, err := cache.Open(filepath.Join(*root, "cache"))
+	if *cacheDir == "" {
+		*cacheDir = filepath.Join(*root, "cache")
+	}
+	c, err := cache.Open(*cacheDir)
 	if err != nil {
 		return err
 	}
@@ -103,7 +108,11 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 	runtime.ReadMemStats(&ms0)
 
 	t0, cpu0 := time.Now(), cpuTime()
-	s, err := mountImage(ctx, sched, *ref, *dir, *root, *mode, *background)
+	var fsOpts []layerfs.Option
+	if *noPassthrough {
+		fsOpts = append(fsOpts, layerfs.WithoutPassthrough())
+	}
+	s, err := mountImage(ctx, sched, *ref, *dir, *root, *mode, *background, fsOpts...)
 	if err != nil {
 		return err
 	}
@@ -161,6 +170,14 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 		case "stats":
 			b, r := s.fetched()
 			fmt.Fprintf(stdout, "stats fetched=%d requests=%d\n", b, r)
+		case "missing":
+			n := 0
+			for _, l := range s.im.Layers {
+				n += l.Layer.Missing()
+			}
+			fmt.Fprintf(stdout, "missing members=%d\n", n)
+		case "cpu":
+			fmt.Fprintf(stdout, "cpu cpu_us=%d\n", cpuTime().Microseconds())
 		case "ttfb":
 			before, _ := s.fetched()
 			first, all, n, err := timeRead(filepath.Join(s.dir, arg))
@@ -184,7 +201,7 @@ func serve(args []string, stdin io.Reader, stdout io.Writer) error {
 }
 
 // mountImage opens ref and mounts it at dir.
-func mountImage(ctx context.Context, sched *fetch.Scheduler, ref, dir, root, mode string, background bool) (*served, error) {
+func mountImage(ctx context.Context, sched *fetch.Scheduler, ref, dir, root, mode string, background bool, fsOpts ...layerfs.Option) (*served, error) {
 	loc, err := imageref.Parse(ref)
 	if err != nil {
 		return nil, err
@@ -202,10 +219,10 @@ func mountImage(ctx context.Context, sched *fetch.Scheduler, ref, dir, root, mod
 		s.entries += l.Index.Len()
 	}
 	if mode == "image" {
-		s.m, err = mount.Compose(im.View, dir, filepath.Join(root, "m"))
+		s.m, err = mount.Compose(im.View, dir, filepath.Join(root, "m"), mount.WithFSOptions(fsOpts...))
 	} else {
 		s.entries = im.View.Layers[0].Index.Len()
-		s.srv, err = layerfs.Mount(layerfs.New(im.View.Layers[0]), dir)
+		s.srv, err = layerfs.Mount(layerfs.New(im.View.Layers[0], fsOpts...), dir)
 	}
 	if err != nil {
 		im.Close()

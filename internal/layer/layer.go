@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -211,4 +212,23 @@ func (l *Layer) Missing() int { return l.fetch.Missing() }
 func (l *Layer) FileChunks(id NodeID) []fetch.ChunkInfo {
 	first, n := l.Index.Chunks(id)
 	return l.Index.chunks.File(first, n)
+}
+
+// OpenWhole returns an open, read-only file whose content is exactly
+// regular file id's bytes, when one verified object of the chunk store
+// holds them (a file of one chunk that is cached; see
+// fetch.Layer.OpenWhole), for FUSE passthrough. It reports false
+// otherwise, and an error only when the store failed to open an object
+// it holds. The caller closes the file.
+func (l *Layer) OpenWhole(id NodeID) (*os.File, bool, error) {
+	a := l.Index.Attr(id)
+	if !a.IsRegular() {
+		return nil, false, nil
+	}
+	first, n := l.Index.Chunks(id)
+	f, ok, err := l.fetch.OpenWhole(first, n, a.Size)
+	if err != nil {
+		return nil, false, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+	}
+	return f, ok, nil
 }

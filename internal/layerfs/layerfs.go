@@ -4,9 +4,12 @@
 //
 // It implements go-fuse's raw API (fuse.RawFileSystem) straight from the
 // layer's compact index: the FUSE node ID of index node n is n+1 (the root
-// is 1), file and directory handles are stateless (always 0), and nothing
-// is allocated per file. A new process serving the same layer answers the
-// same node IDs (DESIGN.md, decision 7).
+// is 1), and nothing is allocated per file. A new process serving the same
+// layer answers the same node IDs (DESIGN.md, decision 7). File and
+// directory handles are stateless: a read needs nothing but the node ID
+// and the offset. The one exception is FUSE passthrough (below), for which
+// the FS counts the open handles of each open file (a small map, emptied
+// as files close) and marks passthrough handles in their Fh (1; others 0).
 //
 // What overlayfs sees: .wh.NAME entries are character devices 0:0 named
 // NAME; a directory holding .wh..wh..opq has the opaque xattr ("y") and
@@ -19,6 +22,16 @@
 // getxattr with ENOSYS, which makes the kernel stop asking: ls -l then
 // costs no round trip per file for absent xattrs.
 //
+// Passthrough (decision 6, Linux 6.9+): a regular file whose bytes are
+// one verified object of the chunk cache (a file of one chunk, which is
+// every file up to the chunk size, once it is cached) opens with FUSE
+// passthrough, and the kernel reads it, mmap included, from the cache's
+// file without asking the server. Files not cached yet, files of several
+// chunks, empty files and the stats file are read through the server.
+// passthrough.go holds the kernel's rules and how the FS keeps them; a
+// kernel or setup without passthrough only turns it off (WithoutPassthrough
+// turns it off from the start).
+//
 // A stats file (JSON, see Stats) is reachable at the root by the exact name
 // StatsName; readdir never lists it.
 package layerfs
@@ -27,7 +40,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -56,6 +71,9 @@ type Stats struct {
 	Misses   int64 `json:"misses"`
 	// LastError is the last fetch error, or "".
 	LastError string `json:"lastError"`
+	// PassthroughOpens counts opens answered with FUSE passthrough: the
+	// kernel reads those files from the chunk cache without the server.
+	PassthroughOpens int64 `json:"passthroughOpens"`
 }
 
 // timeout is how long the kernel may cache entries and attributes: the
@@ -86,6 +104,10 @@ func WithUserXattr() Option {
 	return func(fs *FS) { fs.opaqueXattr = "user.overlay.opaque" }
 }
 
+// WithLogger logs what the filesystem has to say (only that FUSE
+// passthrough is off, and why) to log. By default it is silent.
+func WithLogger(log *slog.Logger) Option { return func(fs *FS) { fs.log = log } }
+
 // FS is the FUSE filesystem of one layer.
 type FS struct {
 	fuse.RawFileSystem
@@ -96,7 +118,18 @@ type FS struct {
 	opaqueXattr     string
 	noXattrs        bool
 	statsIno        uint64
+	log             *slog.Logger
 	panics          atomic.Int64
+	reads           atomic.Int64 // Read requests of regular files
+
+	// Passthrough (passthrough.go): passthrough is the option,
+	// passthroughDisabled set once the kernel refused it.
+	passthrough         bool
+	passthroughDisabled atomic.Bool
+	passthroughOpens    atomic.Int64
+	srv                 atomic.Pointer[fuse.Server]
+	mu                  sync.Mutex
+	open                map[uint64]*openInode // by FUSE node ID; open files only
 }
 
 // New returns the filesystem of layer l.
@@ -107,6 +140,9 @@ func New(l *layer.Layer, opts ...Option) *FS {
 		x:             l.Index,
 		opaqueXattr:   "trusted.overlay.opaque",
 		statsIno:      uint64(l.Index.Len()) + 1,
+		log:           slog.New(slog.DiscardHandler),
+		passthrough:   true,
+		open:          make(map[uint64]*openInode),
 	}
 	for _, o := range opts {
 		o(fs)
@@ -265,8 +301,10 @@ func (fs *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (_ []byte, st f
 	return []byte(fs.x.Link(id)), fuse.OK
 }
 
-// Open opens a file: handles are stateless, and the page cache is kept.
-func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+// Open opens a file: with FUSE passthrough when its content is one object
+// of the chunk cache (see passthrough.go), else with its page cache kept.
+func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) (st fuse.Status) {
+	defer fs.recovered(&st)
 	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return fuse.EROFS
 	}
@@ -274,10 +312,15 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		out.OpenFlags = fuse.FOPEN_DIRECT_IO
 		return fuse.OK
 	}
-	if _, ok := fs.node(in.NodeId); !ok {
+	id, ok := fs.node(in.NodeId)
+	if !ok {
 		return fuse.ENOENT
 	}
-	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	if !fs.x.Attr(id).IsRegular() || fs.x.IsWhiteout(id) {
+		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+		return fuse.OK
+	}
+	fs.openRegular(in.NodeId, id, out)
 	return fuse.OK
 }
 
@@ -297,6 +340,7 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (_ fuse.
 	if !a.IsRegular() {
 		return nil, fuse.EINVAL
 	}
+	fs.reads.Add(1)
 	if int64(in.Offset) >= a.Size {
 		return fuse.ReadResultData(nil), fuse.OK
 	}
@@ -308,8 +352,12 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (_ fuse.
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }
 
-// Release is a no-op: handles are stateless.
-func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {}
+// Release ends a file handle: it counts open files for passthrough.
+func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	if fs.passthrough && in.NodeId != fs.statsIno {
+		fs.release(in.NodeId, in.Fh)
+	}
+}
 
 // OpenDir opens a directory: stateless, with its listing cached.
 func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
@@ -469,6 +517,8 @@ func (fs *FS) statsJSON() []byte {
 		Requests:     st.Requests,
 		Hits:         st.Hits,
 		Misses:       st.Misses,
+
+		PassthroughOpens: fs.passthroughOpens.Load(),
 	}
 	if s.TotalBytes > 0 {
 		s.Percent = 100 * float64(s.FetchedBytes) / float64(s.TotalBytes)
@@ -520,6 +570,10 @@ func Mount(fs *FS, dir string) (*fuse.Server, error) {
 		MaxReadAhead:         1 << 20,
 		MaxBackground:        64,
 		EnableSymlinkCaching: true,
+		// Passthrough files sit one level above the cache's filesystem;
+		// 1 leaves room for overlayfs on top of the layer (see
+		// passthrough.go).
+		MaxStackDepth: 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("layerfs: mounting %s at %s: %w", fs.l.Desc.Digest, dir, err)

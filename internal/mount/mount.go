@@ -64,12 +64,19 @@ type Option func(*config)
 
 type config struct {
 	writable bool
+	fsOpts   []layerfs.Option
 }
 
 // Writable adds a writable upper layer (STATE/upper, with its work
 // directory STATE/work): writes to the mount land there. By default the
 // mount is read-only.
 func Writable() Option { return func(c *config) { c.writable = true } }
+
+// WithFSOptions passes options to every layer's filesystem (for example
+// layerfs.WithLogger, or layerfs.WithoutPassthrough for comparisons).
+func WithFSOptions(opts ...layerfs.Option) Option {
+	return func(c *config) { c.fsOpts = append(c.fsOpts, opts...) }
+}
 
 // Mount is an image's composed root filesystem.
 type Mount struct {
@@ -120,8 +127,8 @@ func Compose(im *image.Image, target, state string, opts ...Option) (*Mount, err
 			return nil, fmt.Errorf("mount: layer %d: %w", i+1, err)
 		}
 		below := &image.Image{Layers: im.Layers[:i]}
-		fs := layerfs.New(l, layerfs.WithDirAttrs(impliedAttrs(l.Index, below)),
-			layerfs.WithWhiteouts(visibleWhiteouts(l.Index, below)))
+		fs := layerfs.New(l, append([]layerfs.Option{layerfs.WithDirAttrs(impliedAttrs(l.Index, below)),
+			layerfs.WithWhiteouts(visibleWhiteouts(l.Index, below))}, cfg.fsOpts...)...)
 		srv, err := layerfs.Mount(fs, dir)
 		if err != nil {
 			os.Remove(dir)

@@ -4,13 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -19,6 +22,7 @@ import (
 
 	"nibble.dev/nibble/internal/fetch/fetchtest"
 	"nibble.dev/nibble/internal/format"
+	"nibble.dev/nibble/internal/layerfs"
 	"nibble.dev/nibble/internal/mount"
 	"nibble.dev/nibble/internal/mount/mounttest"
 	"nibble.dev/nibble/internal/registrytest"
@@ -290,5 +294,86 @@ func TestComposeImpliedDirs(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(m.Target, "a/b/c"))
 	if err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("a/b/c, implied by the top layer alone: %v, %v; want the default 0755", fi.Mode(), err)
+	}
+}
+
+// TestComposePassthrough: files of a composed image whose bytes are in
+// the chunk cache open with FUSE passthrough under overlayfs (the layer
+// mounts have stack depth 1, so overlayfs still fits on top) and read
+// right, by read and by mmap; the layer's stats file counts the opens.
+func TestComposePassthrough(t *testing.T) {
+	w := tartest.NewWriter(21)
+	want := map[string][]byte{
+		"etc/conf":  w.RandomFile("etc/conf", 300),
+		"bin/tool":  w.RandomFile("bin/tool", 48<<10),
+		"lib/big.a": w.RandomFile("lib/big.a", 300<<10),
+	}
+	top, err := w.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := tartest.ThreeLayers(t)[0]
+	m, im := compose(t, newBlobs(mounttest.Convert(t, base), mounttest.Convert(t, top, format.WithChunkSize(64<<10))))
+	l := im.View.Layers[1]
+
+	// Fill the cache through the layer, then wait until each file of one
+	// chunk can back a passthrough open.
+	for name, b := range want {
+		id, ok := l.Index.LookupPath(name)
+		if !ok {
+			t.Fatalf("%s: not in the layer", name)
+		}
+		if _, err := l.ReadAt(context.Background(), id, make([]byte, len(b)), 0); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		if name == "lib/big.a" {
+			continue
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			f, ok, err := l.OpenWhole(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				f.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not cached as one object", name)
+			}
+		}
+	}
+	for name, b := range want {
+		got, err := os.ReadFile(filepath.Join(m.Target, name))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Errorf("%s: read %d bytes (%v), want %d, equal %v", name, len(got), err, len(b), bytes.Equal(got, b))
+		}
+	}
+	f, err := os.Open(filepath.Join(m.Target, "bin/tool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mm, err := unix.Mmap(int(f.Fd()), 0, len(want["bin/tool"]), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mm, want["bin/tool"]) {
+		t.Error("bin/tool: mmap shows wrong bytes")
+	}
+	unix.Munmap(mm)
+
+	b, err := os.ReadFile(filepath.Join(m.State, "1", layerfs.StatsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st layerfs.Stats
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	// Two reads and one mmap of files of one chunk; the four-chunk file is
+	// never passthrough.
+	if st.PassthroughOpens != 3 {
+		t.Errorf("passthroughOpens %d, want 3 (stats %s)", st.PassthroughOpens, b)
 	}
 }

@@ -50,6 +50,7 @@ import (
 	"nibble.dev/nibble/internal/cache"
 	"nibble.dev/nibble/internal/fetch"
 	"nibble.dev/nibble/internal/imageref"
+	"nibble.dev/nibble/internal/layerfs"
 	"nibble.dev/nibble/internal/mount"
 	"nibble.dev/nibble/internal/remote"
 )
@@ -416,7 +417,7 @@ func (s *Server) mount(ctx context.Context, req MountRequest, id int) (*entry, e
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", req.Ref, err)
 	}
-	var mopts []mount.Option
+	mopts := []mount.Option{mount.WithFSOptions(layerfs.WithLogger(s.log))}
 	if req.Writable {
 		mopts = append(mopts, mount.Writable())
 	}
