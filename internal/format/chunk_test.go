@@ -27,6 +27,19 @@ func rdGzipMember(t testing.TB, b []byte) []byte {
 }
 
 // rdMember compresses payload as one member of kind.
+// rdGzipParts is one gzip member of parts at level, flushed after each
+// part, so that each ends a block.
+func rdGzipParts(level int, parts ...[]byte) []byte {
+	var b bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&b, level)
+	for _, p := range parts {
+		w.Write(p)
+		w.Flush()
+	}
+	w.Close()
+	return b.Bytes()
+}
+
 func rdMember(t testing.TB, kind Kind, payload []byte) []byte {
 	if kind.IsZstd() {
 		return rdZstdFrame(t, payload)

@@ -24,16 +24,7 @@ func FuzzDecodeChunks(f *testing.F) {
 	random := make([]byte, 3000)
 	rand.Read(random)
 	text := rdText(3, 4000)
-	gz := func(level int, parts ...[]byte) []byte {
-		var b bytes.Buffer
-		w, _ := gzip.NewWriterLevel(&b, level)
-		for _, p := range parts {
-			w.Write(p)
-			w.Flush()
-		}
-		w.Close()
-		return b.Bytes()
-	}
+	gz := rdGzipParts
 	f.Add(gz(gzip.NoCompression, random[:1000], random[1000:]), false, uint16(1000), uint16(10), uint8(0))
 	f.Add(gz(gzip.NoCompression, random[:100], text[:200]), false, uint16(50), uint16(0), uint8(1))
 	f.Add(gz(6, text), false, uint16(3000), uint16(3), uint8(2))

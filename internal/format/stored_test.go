@@ -15,16 +15,7 @@ func TestStoredReader(t *testing.T) {
 	random := make([]byte, 300<<10)
 	rand.Read(random)
 	text := bytes.Repeat([]byte("compressible "), 20000)
-	gz := func(level int, parts ...[]byte) []byte {
-		var b bytes.Buffer
-		w, _ := gzip.NewWriterLevel(&b, level)
-		for _, p := range parts {
-			w.Write(p)
-			w.Flush()
-		}
-		w.Close()
-		return b.Bytes()
-	}
+	gz := rdGzipParts
 	stored := gz(gzip.NoCompression, random)
 	r, err := newStoredReader(stored)
 	if err != nil {
