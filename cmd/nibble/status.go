@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -46,8 +45,7 @@ described in docs/status.md.`,
 				dir = d
 			}
 			st, err := server.NewClient(address).Status(cmd.Context(), dir)
-			var ae *server.APIError
-			if dir != "" && (errors.Is(err, server.ErrNoServer) || errors.As(err, &ae) && ae.Code == http.StatusNotFound) {
+			if dir != "" && server.NotServed(err) {
 				if o, _ := mount.FindOrphan(dir); o != nil {
 					return fmt.Errorf("%s: orphaned: its nibble process is gone; release it with nibble umount %s", dir, dir)
 				}

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -36,8 +35,7 @@ orphaned mount (nibble status lists them) and says so.`,
 				return err
 			}
 			err = server.NewClient(address).Unmount(cmd.Context(), dir, force)
-			var ae *server.APIError
-			if !errors.Is(err, server.ErrNoServer) && !(errors.As(err, &ae) && ae.Code == http.StatusNotFound) {
+			if !server.NotServed(err) {
 				return err
 			}
 			// Not a mount of the server at address: perhaps one whose

@@ -31,6 +31,14 @@ type APIError struct {
 
 func (e *APIError) Error() string { return e.Message }
 
+// NotServed reports whether err, from a call about one directory, says
+// that the directory is not a mount of the server at the address: no
+// server answers there, or the one there does not know the directory.
+func NotServed(err error) bool {
+	var ae *APIError
+	return errors.Is(err, ErrNoServer) || errors.As(err, &ae) && ae.Code == http.StatusNotFound
+}
+
 // Client calls the API of the server at one address.
 type Client struct {
 	address string
