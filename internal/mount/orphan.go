@@ -63,6 +63,7 @@ func Orphans() ([]*Orphan, error) {
 	return orphans, nil
 }
 
+// readMountInfo reads this process's mount table.
 func readMountInfo() ([]mountInfo, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
